@@ -1,0 +1,396 @@
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"gopkg.in/yaml.v3"
+)
+
+// File is one rule file's content.
+type File struct {
+	Name string
+	Data []byte
+}
+
+// maxNodes bounds alias expansion so a hostile file cannot blow up memory.
+const maxNodes = 1 << 20
+
+// Parse builds a Config from rule files. Every problem is reported as
+// "file:line: field: reason"; all problems found are joined.
+func Parse(files []File) (*Config, error) {
+	c := &Config{domains: map[string]*node{}}
+	var errs []error
+	seen := map[string]string{}
+	for _, f := range files {
+		p := &parser{file: f.Name}
+		domain, n := p.parseFile(f.Data)
+		if len(p.errs) > 0 {
+			errs = append(errs, p.errs...)
+			continue
+		}
+		if prev, ok := seen[domain]; ok {
+			errs = append(errs, fmt.Errorf("%s: domain: duplicate domain %q (also in %s)", f.Name, domain, prev))
+			continue
+		}
+		seen[domain] = f.Name
+		c.domains[domain] = n
+		c.Files = append(c.Files, f.Name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+type parser struct {
+	file  string
+	errs  []error
+	nodes int
+	// names and replaces collected per file (one domain) to find dangling replaces.
+	names    map[string]bool
+	replaces []replaceRef
+}
+
+type replaceRef struct {
+	name string
+	line int
+}
+
+func (p *parser) errorf(n *yaml.Node, field, format string, args ...any) {
+	if len(p.errs) >= 20 {
+		return
+	}
+	loc := p.file
+	if n != nil && n.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", p.file, n.Line)
+	}
+	p.errs = append(p.errs, fmt.Errorf("%s: %s: %s", loc, field, fmt.Sprintf(format, args...)))
+}
+
+// resolve follows aliases and counts visited nodes.
+func (p *parser) resolve(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 100; i++ {
+		n = n.Alias
+	}
+	p.nodes++
+	return n
+}
+
+// mapping walks a mapping node, rejecting duplicate and unknown keys.
+func (p *parser) mapping(n *yaml.Node, field string, allowed map[string]bool, fn func(key string, k, v *yaml.Node)) {
+	n = p.resolve(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		p.errorf(n, field, "must be a mapping")
+		return
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := p.resolve(n.Content[i]), n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			p.errorf(k, field, "keys must be strings")
+			continue
+		}
+		if k.Value == "<<" {
+			p.errorf(k, field, "merge keys (<<) are not supported")
+			continue
+		}
+		if seen[k.Value] {
+			p.errorf(k, field+"."+k.Value, "duplicate key")
+			continue
+		}
+		seen[k.Value] = true
+		if !allowed[k.Value] {
+			p.errorf(k, field+"."+k.Value, "unknown field (allowed: %s)", keysOf(allowed))
+			continue
+		}
+		fn(k.Value, k, v)
+	}
+}
+
+func keysOf(m map[string]bool) string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return strings.Join(ks, ", ")
+}
+
+func (p *parser) str(n *yaml.Node, field string) string {
+	n = p.resolve(n)
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!bool") {
+		p.errorf(n, field, "must be a string")
+		return ""
+	}
+	return n.Value
+}
+
+func (p *parser) boolean(n *yaml.Node, field string) bool {
+	n = p.resolve(n)
+	var b bool
+	if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
+		p.errorf(n, field, "must be true or false, got %q", n.Value)
+	}
+	return b
+}
+
+func (p *parser) uint32(n *yaml.Node, field string) uint32 {
+	n = p.resolve(n)
+	var v int64
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&v) != nil || v < 0 || v > math.MaxUint32 {
+		p.errorf(n, field, "must be an integer between 0 and %d, got %q", uint32(math.MaxUint32), n.Value)
+		return 0
+	}
+	return uint32(v)
+}
+
+var rootKeys = map[string]bool{"domain": true, "descriptors": true}
+
+func (p *parser) parseFile(data []byte) (string, *node) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		p.errs = append(p.errs, fmt.Errorf("%s: %w", p.file, err))
+		return "", nil
+	}
+	if len(doc.Content) == 0 {
+		p.errorf(nil, "domain", "file is empty")
+		return "", nil
+	}
+	p.names = map[string]bool{}
+	root := newNode()
+	var domain string
+	var domainSeen bool
+	var descs *yaml.Node
+	p.mapping(doc.Content[0], "root", rootKeys, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "domain":
+			domain, domainSeen = p.str(v, "domain"), true
+			if domain == "" {
+				p.errorf(v, "domain", "must not be empty")
+			}
+		case "descriptors":
+			descs = v
+		}
+	})
+	if !domainSeen && len(p.errs) == 0 {
+		p.errorf(doc.Content[0], "domain", "missing (every rule file needs a domain)")
+	}
+	if descs != nil {
+		p.descriptors(root, descs, "descriptors", "", 0)
+	}
+	for _, r := range p.replaces {
+		if !p.names[r.name] {
+			p.errorf(&yaml.Node{Line: r.line}, "rate_limit.replaces.name", "%q names no rate_limit in domain %q", r.name, domain)
+		}
+	}
+	return domain, root
+}
+
+var descriptorKeys = map[string]bool{
+	"key": true, "value": true, "rate_limit": true, "descriptors": true,
+	"shadow_mode": true, "detailed_metric": true,
+	// Newer envoyproxy/ratelimit keys: accepted so its files load unchanged;
+	// value_to_metric and metadata only affect its stats/dynamic metadata.
+	"value_to_metric": true, "metadata": true, "quota_mode": true, "share_threshold": true,
+}
+
+var rateLimitKeys = map[string]bool{
+	"unit": true, "requests_per_unit": true, "unlimited": true, "name": true, "replaces": true,
+	// sidemesh extensions
+	"algorithm": true, "burst": true,
+}
+
+func (p *parser) descriptors(parent *node, n *yaml.Node, field, path string, depth int) {
+	n = p.resolve(n)
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return
+	}
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, field, "must be a list of descriptors")
+		return
+	}
+	if depth > 64 {
+		p.errorf(n, field, "nested more than 64 levels")
+		return
+	}
+	for _, item := range n.Content {
+		if p.nodes > maxNodes {
+			p.errorf(item, field, "file too large (more than %d YAML nodes after aliases)", maxNodes)
+			return
+		}
+		p.descriptor(parent, item, field, path, depth)
+	}
+}
+
+func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, depth int) {
+	var key, value string
+	var keySeen, shadow, detailed bool
+	var rl, children *yaml.Node
+	item = p.resolve(item)
+	p.mapping(item, field, descriptorKeys, func(name string, k, v *yaml.Node) {
+		switch name {
+		case "key":
+			key, keySeen = p.str(v, field+".key"), true
+		case "value":
+			value = p.str(v, field+".value")
+		case "rate_limit":
+			rl = v
+		case "descriptors":
+			children = v
+		case "shadow_mode":
+			shadow = p.boolean(v, field+".shadow_mode")
+		case "detailed_metric":
+			detailed = p.boolean(v, field+".detailed_metric")
+		case "value_to_metric":
+			p.boolean(v, field+".value_to_metric")
+		case "quota_mode", "share_threshold":
+			if p.boolean(v, field+"."+name) {
+				p.errorf(v, field+"."+name, "not supported by sidemesh rls (it would change answers silently); remove it or set false")
+			}
+		case "metadata":
+			if r := p.resolve(v); r.Kind != yaml.MappingNode {
+				p.errorf(v, field+".metadata", "must be a mapping")
+			}
+		}
+	})
+	if item == nil || item.Kind != yaml.MappingNode {
+		return
+	}
+	if !keySeen || key == "" {
+		p.errorf(item, field+".key", "descriptor has an empty or missing key")
+		return
+	}
+	ek := entryKey{key, value}
+	if parent.children[ek] != nil || hasWildcard(parent, key, value) {
+		if value == "" {
+			p.errorf(item, field+".key", "duplicate descriptor %q at this level", key)
+		} else {
+			p.errorf(item, field+".value", "duplicate descriptor %q=%q at this level", key, value)
+		}
+		return
+	}
+	self := key
+	if value != "" {
+		self += "_" + value
+	}
+	if path != "" {
+		self = path + "." + self
+	}
+	child := newNode()
+	if rl != nil {
+		child.limit = p.rateLimit(rl, field+".rate_limit", self, shadow, detailed)
+	}
+	if children != nil {
+		p.descriptors(child, children, field+".descriptors", self, depth+1)
+	}
+	if strings.HasSuffix(value, "*") {
+		parent.wildcards = append(parent.wildcards, wildcard{key: key, prefix: strings.TrimSuffix(value, "*"), n: child})
+	} else {
+		parent.children[ek] = child
+	}
+}
+
+func hasWildcard(n *node, key, value string) bool {
+	if !strings.HasSuffix(value, "*") {
+		return false
+	}
+	for _, w := range n.wildcards {
+		if w.key == key && w.prefix == strings.TrimSuffix(value, "*") {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *parser) rateLimit(n *yaml.Node, field, path string, shadow, detailed bool) *RateLimit {
+	rl := &RateLimit{Path: path, ShadowMode: shadow, DetailedMetric: detailed}
+	n = p.resolve(n)
+	rl.Source = fmt.Sprintf("%s:%d", p.file, n.Line)
+	var unitNode, burstNode, algNode *yaml.Node
+	var unit string
+	p.mapping(n, field, rateLimitKeys, func(name string, k, v *yaml.Node) {
+		switch name {
+		case "unit":
+			unitNode, unit = v, p.str(v, field+".unit")
+		case "requests_per_unit":
+			rl.RequestsPerUnit = p.uint32(v, field+".requests_per_unit")
+		case "unlimited":
+			rl.Unlimited = p.boolean(v, field+".unlimited")
+		case "name":
+			rl.Name = p.str(v, field+".name")
+		case "replaces":
+			p.replacesList(rl, v, field+".replaces")
+		case "algorithm":
+			algNode = v
+			a, ok := algorithmNames[strings.ToLower(p.str(v, field+".algorithm"))]
+			if !ok {
+				p.errorf(v, field+".algorithm", "unknown algorithm %q (fixed_window, sliding_window or token_bucket)", v.Value)
+			}
+			rl.Algorithm = a
+		case "burst":
+			burstNode = v
+			rl.Burst = p.uint32(v, field+".burst")
+		}
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	u, ok := rlsv3.RateLimitResponse_RateLimit_Unit_value[strings.ToUpper(unit)]
+	valid := ok && u != int32(rlsv3.RateLimitResponse_RateLimit_UNKNOWN)
+	switch {
+	case rl.Unlimited && unitNode != nil && valid:
+		p.errorf(unitNode, field+".unit", "must not be set when unlimited is true")
+	case rl.Unlimited && algNode != nil:
+		p.errorf(algNode, field+".algorithm", "must not be set when unlimited is true")
+	case !rl.Unlimited && unitNode == nil:
+		p.errorf(n, field+".unit", "missing (second, minute, hour, day, week, month or year)")
+	case !rl.Unlimited && !valid:
+		p.errorf(unitNode, field+".unit", "invalid unit %q (second, minute, hour, day, week, month or year)", unit)
+	}
+	if burstNode != nil && rl.Algorithm != TokenBucket {
+		p.errorf(burstNode, field+".burst", "only valid with algorithm: token_bucket")
+	}
+	if rl.Name != "" {
+		p.names[rl.Name] = true
+	}
+	for _, r := range rl.Replaces {
+		if r == rl.Name {
+			p.errorf(n, field+".replaces", "a limit must not replace itself (%q)", r)
+		}
+	}
+	rl.Unit = rlsv3.RateLimitResponse_RateLimit_Unit(u)
+	if !valid {
+		rl.Unit = rlsv3.RateLimitResponse_RateLimit_UNKNOWN
+	}
+	rl.Proto = &rlsv3.RateLimitResponse_RateLimit{Name: rl.Name, RequestsPerUnit: rl.RequestsPerUnit, Unit: rl.Unit}
+	return rl
+}
+
+func (p *parser) replacesList(rl *RateLimit, n *yaml.Node, field string) {
+	n = p.resolve(n)
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, field, "must be a list of {name: ...}")
+		return
+	}
+	for _, item := range n.Content {
+		var name string
+		item = p.resolve(item)
+		p.mapping(item, field, map[string]bool{"name": true}, func(_ string, _, v *yaml.Node) {
+			name = p.str(v, field+".name")
+		})
+		if item.Kind != yaml.MappingNode {
+			continue
+		}
+		if name == "" {
+			p.errorf(item, field+".name", "must not be empty")
+			continue
+		}
+		rl.Replaces = append(rl.Replaces, name)
+		p.replaces = append(p.replaces, replaceRef{name: name, line: item.Line})
+	}
+}
