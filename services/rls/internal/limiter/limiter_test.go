@@ -1,0 +1,81 @@
+package limiter_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
+	"github.com/sidemesh/sidemesh/services/rls/internal/limiter/limitertest"
+	"github.com/sidemesh/sidemesh/services/rls/internal/rules"
+)
+
+func TestMemoryBackend(t *testing.T) {
+	limitertest.Run(t, func(t *testing.T) limiter.Backend { return limiter.NewMemory() })
+}
+
+func TestKeysAreUnambiguous(t *testing.T) {
+	k := func(kv ...string) string { return limiter.Key("p:", rules.FixedWindow, time.Minute, "d", kv...) }
+	pairs := [][2]string{
+		{k("a_b", "c"), k("a", "b_c")},
+		{k("a", "b", "c", ""), k("a", "b", "", "c")},
+		{k("1:a", "b"), k("1", ":ab")},
+		{limiter.Key("p:", rules.FixedWindow, time.Minute, "d_a", "b", "c"), k("a_b", "c")},
+		{limiter.Key("p:", rules.SlidingWindow, time.Minute, "d", "a", "b"), k("a", "b")},
+		{limiter.Key("p:", rules.FixedWindow, time.Hour, "d", "a", "b"), k("a", "b")},
+	}
+	for _, p := range pairs {
+		if p[0] == p[1] {
+			t.Errorf("keys collide: %q", p[0])
+		}
+	}
+	if got := k("user", "alice"); got != "{p:f60|1:d4:user5:alice}" {
+		t.Errorf("key format changed: %q", got)
+	}
+}
+
+func TestWindowStartMatchesAnchor(t *testing.T) {
+	now := time.Unix(1795537114, 500e6)
+	if got := limiter.WindowStart(now, time.Minute); got != 1795537080 {
+		t.Fatalf("minute window = %d", got)
+	}
+	if got := limiter.WindowStart(now, time.Second); got != 1795537114 {
+		t.Fatalf("second window = %d", got)
+	}
+	if got := limiter.WindowStart(now, 24*time.Hour); got%86400 != 0 || now.Unix()-got >= 86400 {
+		t.Fatalf("day window = %d", got)
+	}
+}
+
+func TestMemoryExpires(t *testing.T) {
+	m := limiter.NewMemory()
+	base := limitertest.Base()
+	it := []limiter.Item{{Key: "k", Algorithm: rules.FixedWindow, Unit: time.Second, Limit: 1, Hits: 1, Enforce: true}}
+	res := make([]limiter.Result, 1)
+	m.Check(context.Background(), base, it, res)
+	if m.Len() != 1 {
+		t.Fatalf("len %d", m.Len())
+	}
+	m.Check(context.Background(), base.Add(10*time.Second), it, res)
+	if m.Len() != 1 {
+		t.Fatalf("expired counters not swept: len %d", m.Len())
+	}
+}
+
+func TestOverCache(t *testing.T) {
+	c := limiter.NewOverCache(64)
+	c.Put("a", 100, 0)
+	if !c.Over("a", 99) || c.Over("a", 100) || c.Over("b", 0) {
+		t.Fatal("over cache answers wrong")
+	}
+	for i := 0; i < 1000; i++ {
+		c.Put(string(rune('a'+i%26))+string(rune(i)), 1e9, 0)
+	}
+	if c.Len() > 64 {
+		t.Fatalf("cache unbounded: %d", c.Len())
+	}
+	c.Clear()
+	if c.Len() != 0 {
+		t.Fatal("clear")
+	}
+}
