@@ -1,0 +1,200 @@
+package rlsload
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+
+	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/loadtest/report"
+)
+
+// fakeRLS counts per descriptor value in fixed windows and admits up to
+// limit+slack per window: slack 0 is a correct service, slack > 0 one that
+// over-admits (the counterpart the over-admission check must catch).
+type fakeRLS struct {
+	rlspb.UnimplementedRateLimitServiceServer
+	limit, slack uint64
+	unit         time.Duration
+	mu           sync.Mutex
+	counts       map[string]uint64
+	calls        atomic.Int64
+}
+
+// ServeHTTP exposes a Redis round-trip counter: one per four calls.
+func (f *fakeRLS) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	fmt.Fprintf(w, "# TYPE fake_redis_roundtrips_total counter\nfake_redis_roundtrips_total %d\nprocess_cpu_seconds_total 1\n", f.calls.Load()/4)
+}
+
+func (f *fakeRLS) ShouldRateLimit(_ context.Context, req *rlspb.RateLimitRequest) (*rlspb.RateLimitResponse, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := time.Now().UnixNano() / int64(f.unit)
+	code := rlspb.RateLimitResponse_OK
+	for _, d := range req.Descriptors {
+		k := fmt.Sprintf("%s/%d", d.Entries[0].Value, w)
+		f.counts[k]++
+		if f.counts[k] > f.limit+f.slack {
+			code = rlspb.RateLimitResponse_OVER_LIMIT
+		}
+	}
+	return &rlspb.RateLimitResponse{OverallCode: code}, nil
+}
+
+func serve(t *testing.T, svc rlspb.RateLimitServiceServer) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	rlspb.RegisterRateLimitServiceServer(s, svc)
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return ln.Addr().String()
+}
+
+func exec(t *testing.T, args ...string) (int, *report.Result, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := app.Exec(context.Background(), Spec(), append(args, "--json"), &out, &errb)
+	var r report.Result
+	if out.Len() > 0 {
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			t.Fatalf("bad JSON %q: %v", out.String(), err)
+		}
+	}
+	return code, &r, errb.String()
+}
+
+func TestNoopShortRun(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewNoopServer()
+	go s.Serve(ln)
+	defer s.Stop()
+	code, r, stderr := exec(t, "--target", ln.Addr().String(), "--concurrency", "8", "--conns", "2", "--requests", "2000", "--duration", "30s", "--keys", "zipf:50", "--descriptors", "2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if r.Requests != 2000 || r.Outcomes["OK"] != 2000 || r.Errors != 0 || r.Latency.Count != 2000 || r.Latency.P50 <= 0 {
+		t.Fatalf("result %+v", r)
+	}
+}
+
+func TestOverAdmissionCaught(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		slack uint64
+		fail  bool
+	}{{"correct", 0, false}, {"over-admits", 3, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &fakeRLS{limit: 5, slack: tc.slack, unit: time.Minute, counts: map[string]uint64{}}
+			addr := serve(t, fake)
+			metrics := httptest.NewServer(fake)
+			defer metrics.Close()
+			code, r, stderr := exec(t, "--target", addr, "--concurrency", "4", "--requests", "400", "--duration", "30s",
+				"--keys", "4", "--expect-limit", "5", "--per", "minute", "--target-metrics", metrics.URL)
+			if got := code != 0; got != tc.fail {
+				t.Fatalf("exit %d (stderr %s), want failure=%v; checks %+v", code, stderr, tc.fail, r.Checks)
+			}
+			if len(r.Checks) != 1 || r.Checks[0].OK == tc.fail {
+				t.Fatalf("checks %+v", r.Checks)
+			}
+			if rt := r.Values["redis_roundtrips_per_request"]; rt != 0.25 {
+				t.Errorf("round trips per request = %v, want 0.25", rt)
+			}
+			if tc.fail {
+				// 4 keys × 3 extra per window, 1 or 2 windows spanned.
+				if over := r.Values["over_admitted_requests"]; over < 4 || over > 24 {
+					t.Errorf("over_admitted_requests = %v", over)
+				}
+				if !strings.Contains(stderr, "no-over-admission") {
+					t.Errorf("stderr does not name the failed check: %s", stderr)
+				}
+			} else if r.Outcomes["OVER_LIMIT"] < 400-4*5*2 {
+				t.Errorf("outcomes %v: a correct limiter should reject most", r.Outcomes)
+			}
+		})
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--keys", "zipf:x"}, {"--keys", "0"}, {"--per", "fortnight"}, {"--conns", "0"},
+		{"--descriptors", "0"}, {"--target", "192.0.2.1:81"}, {"--concurrency", "0"}, {"--duration", "0s"},
+		{"--target-pid", "5", "--target-metrics", "http://127.0.0.1:1/metrics"},
+	} {
+		if code, _, stderr := exec(t, args...); code != app.ExitUsage || stderr == "" {
+			t.Errorf("%v: exit %d stderr %q, want usage error", args, code, stderr)
+		}
+	}
+}
+
+func TestKeyDists(t *testing.T) {
+	p := func(s string) *Picker {
+		k, err := ParseKeys(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.NewPicker(1)
+	}
+	u, h, n, z := p("unique"), p("hot"), p("10"), p("zipf:1000")
+	seen := map[uint64]int{}
+	zipfTop := 0
+	for i := uint64(0); i < 10000; i++ {
+		if u.Pick(i) != i || h.Pick(i) != 0 {
+			t.Fatal("unique/hot wrong")
+		}
+		seen[n.Pick(i)]++
+		if z.Pick(i) < 10 {
+			zipfTop++
+		}
+	}
+	if len(seen) != 10 {
+		t.Errorf("uniform over 10 drew %d distinct keys", len(seen))
+	}
+	for k, c := range seen {
+		if k >= 10 || c < 800 || c > 1200 {
+			t.Errorf("uniform key %d drawn %d times of 10000", k, c)
+		}
+	}
+	// Zipf s=1.1 over 1000: the top 1% of keys carry well over a third.
+	if zipfTop < 3500 {
+		t.Errorf("zipf top-10 share %d/10000", zipfTop)
+	}
+}
+
+func FuzzParseKeys(f *testing.F) {
+	for _, s := range []string{"unique", "hot", "zipf:10", "zipf:1", "7", "zipf:", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		k, err := ParseKeys(s)
+		if err == nil {
+			k.NewPicker(1).Pick(3)
+		}
+	})
+}
+
+func TestRoundTripMetric(t *testing.T) {
+	s := map[string]float64{"rls_redis_roundtrips_total": 3, "go_goroutines": 1}
+	if RoundTripMetric(s, "auto") != "rls_redis_roundtrips_total" || RoundTripMetric(s, "go_goroutines") != "go_goroutines" || RoundTripMetric(s, "missing") != "" {
+		t.Fatal("round-trip metric selection wrong")
+	}
+}
