@@ -48,7 +48,7 @@ func TestParseFile(t *testing.T) {
 
 func TestParseFileErrors(t *testing.T) {
 	cases := map[string]string{
-		"clusters[0].name: must not be empty":          "clusters: [{endpoints: []}]",
+		"clusters[0].name: must not be empty":           "clusters: [{endpoints: []}]",
 		"not an IP literal":                             "clusters: [{name: a, endpoints: [{address: web.local, port: 1}]}]",
 		"endpoints[0].port: 0":                          "clusters: [{name: a, endpoints: [{address: 1.2.3.4}]}]",
 		"duplicate cluster name":                        "clusters: [{name: a}, {name: a}]",
