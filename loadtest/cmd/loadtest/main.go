@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/loadtest/httpload"
 	"github.com/sidemesh/sidemesh/loadtest/report"
 	"github.com/sidemesh/sidemesh/loadtest/rlsload"
 )
@@ -20,6 +21,8 @@ func specs() map[string]func() app.Spec {
 	return map[string]func() app.Spec{
 		"rls":      rlsload.Spec,
 		"noop-rls": rlsload.NoopSpec,
+		"http":     httpload.Spec,
+		"upstream": httpload.UpstreamSpec,
 	}
 }
 
