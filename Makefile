@@ -11,7 +11,7 @@ MAINS := controlplane=./controlplane/cmd/controlplane \
          loadtest=./loadtest/cmd/loadtest \
          meshrun=./cmd/meshrun
 
-.PHONY: all build test test-short deps run bench lint proto clean
+.PHONY: all build test test-short deps run bench lint proto images clean
 
 all: build
 
@@ -35,8 +35,14 @@ test-short: deps
 run: build
 	$(BIN)/meshrun
 
+# Standard load-test scenarios; writes loadtest/results/<date>.md (+ JSON, SVG).
 bench: build deps
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(BIN)/loadtest bench --out loadtest/results
+
+# One image with every binary (needs a Docker engine).
+images:
+	@if docker info >/dev/null 2>&1; then docker build -t sidemesh:dev .; \
+	else echo "make images: no Docker engine reachable (docker info failed); the docker client alone cannot build images. Run it where a Docker engine runs."; exit 1; fi
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

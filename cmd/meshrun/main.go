@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,8 +19,13 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "demo-app" {
-		os.Exit(demoApp(os.Args[2:]))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "demo-app":
+			os.Exit(demoApp(os.Args[2:]))
+		case "probe":
+			os.Exit(probe(os.Args[2:]))
+		}
 	}
 	os.Exit(run(os.Args[1:]))
 }
@@ -39,6 +45,29 @@ func demoApp(args []string) int {
 	if err := app.Serve(ctx, *addr); err != nil {
 		fmt.Fprintf(os.Stderr, "demo-app: %v\n", err)
 		return 1
+	}
+	return 0
+}
+
+// probe exits 0 when every URL answers 200: the container health check of
+// images that have no shell or curl.
+func probe(urls []string) int {
+	if len(urls) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: meshrun probe URL...")
+		return 2
+	}
+	c := &http.Client{Timeout: 3 * time.Second}
+	for _, u := range urls {
+		resp, err := c.Get(u)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "probe %s: %v\n", u, err)
+			return 1
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			fmt.Fprintf(os.Stderr, "probe %s: %s\n", u, resp.Status)
+			return 1
+		}
 	}
 	return 0
 }

@@ -59,7 +59,7 @@ func RedisServer() string {
 func RedisProc(port int, dir string) Proc {
 	return Proc{
 		Name: "redis", Kind: "redis",
-		Args: []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", dir},
+		Args:  []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", dir},
 		Ports: "redis 127.0.0.1:" + strconv.Itoa(port),
 	}
 }
