@@ -1,14 +1,12 @@
 package httpload
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"net"
 	"net/http"
 	"testing"
 
 	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/loadtest/harness/harnesstest"
 	"github.com/sidemesh/sidemesh/loadtest/report"
 )
 
@@ -26,15 +24,7 @@ func start(t *testing.T, h http.Handler) string {
 
 func exec(t *testing.T, args ...string) (int, *report.Result, string) {
 	t.Helper()
-	var out, errb bytes.Buffer
-	code := app.Exec(context.Background(), Spec(), append(args, "--json"), &out, &errb)
-	var r report.Result
-	if out.Len() > 0 {
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-			t.Fatalf("bad JSON %q: %v", out.String(), err)
-		}
-	}
-	return code, &r, errb.String()
+	return harnesstest.Exec(t, Spec(), args...)
 }
 
 func TestHTTP1ClosedLoop(t *testing.T) {

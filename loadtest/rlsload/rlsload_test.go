@@ -1,9 +1,7 @@
 package rlsload
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/loadtest/harness/harnesstest"
 	"github.com/sidemesh/sidemesh/loadtest/report"
 )
 
@@ -69,15 +68,7 @@ func serve(t *testing.T, svc rlspb.RateLimitServiceServer) string {
 
 func exec(t *testing.T, args ...string) (int, *report.Result, string) {
 	t.Helper()
-	var out, errb bytes.Buffer
-	code := app.Exec(context.Background(), Spec(), append(args, "--json"), &out, &errb)
-	var r report.Result
-	if out.Len() > 0 {
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-			t.Fatalf("bad JSON %q: %v", out.String(), err)
-		}
-	}
-	return code, &r, errb.String()
+	return harnesstest.Exec(t, Spec(), args...)
 }
 
 func TestNoopShortRun(t *testing.T) {

@@ -28,6 +28,9 @@ type Config struct {
 	Duration    time.Duration // always bounds the run; 0 < d ≤ MaxDuration
 	Requests    uint64        // stop after this many requests; 0 = duration only
 	Rate        float64       // requests/s for open loop; 0 = closed loop
+	// Grace is how long requests started before the end may still finish
+	// (and be counted); later they are cancelled. Default 2 s.
+	Grace time.Duration
 	// Progress, if set, is called about every ProgressEvery with a live view.
 	Progress      func(Snapshot)
 	ProgressEvery time.Duration
@@ -89,7 +92,10 @@ func Run(ctx context.Context, cfg Config, op Op) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	if cfg.Grace <= 0 {
+		cfg.Grace = 2 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+cfg.Grace)
 	defer cancel()
 
 	nsec := int(cfg.Duration/time.Second) + 2
@@ -113,8 +119,8 @@ func Run(ctx context.Context, cfg Config, op Op) (*Result, error) {
 			defer wg.Done()
 			timer := time.NewTimer(time.Hour)
 			defer timer.Stop()
-			// The deadline is checked by clock too: a request's own context
-			// can expire a moment before the run's timer fires.
+			// No new request after the deadline; those in flight get Grace
+			// to finish so the last scheduled ones are counted.
 			for ctx.Err() == nil && time.Now().Before(deadline) {
 				seq := next.Add(1) - 1
 				if cfg.Requests > 0 && seq >= cfg.Requests {
@@ -142,7 +148,7 @@ func Run(ctx context.Context, cfg Config, op Op) (*Result, error) {
 				}
 				outcome, err := op(ctx, id, seq)
 				end := time.Now()
-				if err != nil && (ctx.Err() != nil || !end.Before(deadline)) {
+				if err != nil && (ctx.Err() != nil || !end.Before(deadline.Add(cfg.Grace))) {
 					// Cut off by the end of the run, not a target failure.
 					return
 				}
