@@ -1,0 +1,280 @@
+package model
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Error is one problem in the model, located as precisely as known.
+type Error struct {
+	File   string
+	Line   int    // 0 when unknown
+	Field  string // e.g. services[0].endpoints[1].port
+	Reason string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			fmt.Fprintf(&b, ":%d", e.Line)
+		}
+		b.WriteString(": ")
+	}
+	if e.Field != "" {
+		b.WriteString(e.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Reason)
+	return b.String()
+}
+
+// maxFileSize bounds what one model file may hold; a mesh model is text a
+// person writes, so anything bigger is a mistake.
+const maxFileSize = 64 << 20
+
+// Load reads a model from a YAML file, or from every *.yaml/*.yml file of a
+// directory (merged in name order), and validates it.
+func Load(path string) (*Mesh, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	var files []string
+	if st.IsDir() {
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, fmt.Errorf("model: %w", err)
+		}
+		for _, e := range entries {
+			ext := filepath.Ext(e.Name())
+			if e.Type().IsRegular() && (ext == ".yaml" || ext == ".yml") && !strings.HasPrefix(e.Name(), ".") {
+				files = append(files, filepath.Join(path, e.Name()))
+			}
+		}
+		if len(files) == 0 {
+			return nil, &Error{File: path, Reason: "directory holds no *.yaml or *.yml file"}
+		}
+	} else {
+		files = []string{path}
+	}
+	srcs := make([]Source, 0, len(files))
+	for _, f := range files {
+		data, err := readLimited(f)
+		if err != nil {
+			return nil, err
+		}
+		srcs = append(srcs, Source{Name: f, Data: data})
+	}
+	return Parse(srcs...)
+}
+
+func readLimited(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("model: %s: %w", path, err)
+	}
+	if len(data) > maxFileSize {
+		return nil, &Error{File: path, Reason: fmt.Sprintf("file larger than %d bytes", maxFileSize)}
+	}
+	return data, nil
+}
+
+// Source is one named YAML document set.
+type Source struct {
+	Name string
+	Data []byte
+}
+
+// origin locates a merged list element in its file.
+type origin struct {
+	file  string
+	index int // index within that file's list
+}
+
+// locator maps merged field paths back to file and line.
+type locator struct {
+	origins map[string][]origin       // top-level key -> merged index -> origin
+	lines   map[string]map[string]int // file -> path -> line
+}
+
+// Parse decodes and validates sources as one model.
+func Parse(srcs ...Source) (*Mesh, error) {
+	loc := &locator{origins: map[string][]origin{}, lines: map[string]map[string]int{}}
+	merged := &Mesh{}
+	for _, src := range srcs {
+		m, err := decode(src, loc)
+		if err != nil {
+			return nil, err
+		}
+		if m.RateLimitService != nil {
+			if merged.RateLimitService != nil {
+				return nil, &Error{File: src.Name, Line: loc.lines[src.Name]["rate_limit_service"], Field: "rate_limit_service", Reason: "set in more than one file"}
+			}
+			merged.RateLimitService = m.RateLimitService
+			loc.origins["rate_limit_service"] = []origin{{file: src.Name}}
+		}
+		for i := range m.Services {
+			loc.origins["services"] = append(loc.origins["services"], origin{src.Name, i})
+		}
+		for i := range m.Routes {
+			loc.origins["routes"] = append(loc.origins["routes"], origin{src.Name, i})
+		}
+		for i := range m.Proxies {
+			loc.origins["proxies"] = append(loc.origins["proxies"], origin{src.Name, i})
+		}
+		merged.Services = append(merged.Services, m.Services...)
+		merged.Routes = append(merged.Routes, m.Routes...)
+		merged.Proxies = append(merged.Proxies, m.Proxies...)
+	}
+	v := &validator{}
+	v.mesh(merged)
+	if len(v.errs) == 0 {
+		return merged, nil
+	}
+	errs := make([]error, 0, len(v.errs))
+	for _, fe := range v.errs {
+		errs = append(errs, loc.locate(fe))
+	}
+	return nil, errors.Join(errs...)
+}
+
+var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+func decode(src Source, loc *locator) (*Mesh, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(src.Data, &root); err != nil {
+		return nil, yamlError(src.Name, err)
+	}
+	lines := map[string]int{}
+	if len(root.Content) > 0 {
+		walk(root.Content[0], "", lines)
+	}
+	loc.lines[src.Name] = lines
+	m := &Mesh{}
+	if len(bytes.TrimSpace(src.Data)) == 0 {
+		return m, nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(src.Data))
+	dec.KnownFields(true)
+	if err := dec.Decode(m); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlError(src.Name, err)
+	}
+	// A second document would be silently ignored; refuse it instead.
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, &Error{File: src.Name, Line: extra.Line, Reason: "more than one YAML document; put one model per file"}
+	}
+	return m, nil
+}
+
+// yamlError turns yaml.v3's messages into file:line: reason errors.
+func yamlError(file string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		errs := make([]error, 0, len(te.Errors))
+		for _, msg := range te.Errors {
+			errs = append(errs, lineError(file, msg))
+		}
+		return errors.Join(errs...)
+	}
+	return lineError(file, strings.TrimPrefix(err.Error(), "yaml: "))
+}
+
+func lineError(file, msg string) error {
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return &Error{File: file, Line: n, Reason: m[2]}
+	}
+	return &Error{File: file, Reason: msg}
+}
+
+// walk records the line of every field path in a YAML tree.
+func walk(n *yaml.Node, path string, lines map[string]int) {
+	// Aliases are not followed: they may be recursive, and their fields
+	// are located at the anchor already.
+	if _, ok := lines[path]; !ok {
+		lines[path] = n.Line
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			lines[p] = k.Line
+			walk(n.Content[i+1], p, lines)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			walk(c, fmt.Sprintf("%s[%d]", path, i), lines)
+		}
+	}
+}
+
+var topIndexRE = regexp.MustCompile(`^([a-z_]+)\[(\d+)\](.*)$`)
+
+func (l *locator) locate(fe fieldError) *Error {
+	e := &Error{Field: fe.path, Reason: fe.reason}
+	filePath := fe.path
+	if m := topIndexRE.FindStringSubmatch(fe.path); m != nil {
+		i, _ := strconv.Atoi(m[2])
+		if os := l.origins[m[1]]; i < len(os) {
+			e.File = os[i].file
+			filePath = fmt.Sprintf("%s[%d]%s", m[1], os[i].index, m[3])
+		}
+	} else if top := strings.SplitN(fe.path, ".", 2)[0]; len(l.origins[top]) > 0 {
+		e.File = l.origins[top][0].file
+	}
+	if e.File == "" && len(l.lines) == 1 {
+		for f := range l.lines {
+			e.File = f
+		}
+	}
+	// The exact field may be absent (a missing required field): use the
+	// nearest enclosing one that exists.
+	lines := l.lines[e.File]
+	for p := filePath; p != ""; p = parent(p) {
+		if n, ok := lines[p]; ok {
+			e.Line = n
+			break
+		}
+	}
+	return e
+}
+
+func parent(p string) string {
+	i := strings.LastIndexAny(p, ".[")
+	if i < 0 {
+		return ""
+	}
+	return p[:i]
+}
+
+// SortedNames returns the keys of m, sorted; handy for deterministic output.
+func SortedNames[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

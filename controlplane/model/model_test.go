@@ -1,0 +1,134 @@
+package model
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadExample(t *testing.T) {
+	m, err := Load("../examples/mesh.yaml")
+	if err != nil {
+		t.Fatalf("example does not load: %v", err)
+	}
+	if len(m.Services) != 3 || len(m.Proxies) != 3 || len(m.Routes) != 1 {
+		t.Fatalf("unexpected shape: %d services, %d proxies, %d routes", len(m.Services), len(m.Proxies), len(m.Routes))
+	}
+	web := m.Services[0]
+	if web.Name != "web" || web.Endpoints[0].Port != 15101 || web.Endpoints[0].Weight != 1 {
+		t.Errorf("web service: %+v", web)
+	}
+	if web.HealthCheck.Interval != 2*time.Second || web.HealthCheck.Path != "/healthz" {
+		t.Errorf("web health check: %+v", web.HealthCheck)
+	}
+	// defaults are filled in
+	if m.Services[2].ConnectTimeout != time.Second || m.Services[2].LB.Policy != LBRoundRobin {
+		t.Errorf("rls defaults: %+v", m.Services[2])
+	}
+	ing := m.Proxies[2]
+	if ing.Role != RoleIngress || ing.Routes[0].HTTP[0].RateLimits[0].Actions[0].RequestHeaders.Key != "user" {
+		t.Errorf("ingress: %+v", ing)
+	}
+}
+
+func parseErr(t *testing.T, yaml string) string {
+	t.Helper()
+	_, err := Parse(Source{Name: "m.yaml", Data: []byte(yaml)})
+	if err == nil {
+		t.Fatalf("no error for:\n%s", yaml)
+	}
+	return err.Error()
+}
+
+func TestErrorsNameFileLineField(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"unknown field", "services:\n  - name: a\n    bogus: 1\n", "m.yaml:3: field bogus not found"},
+		{"bad port", "services:\n  - name: a\n    endpoints:\n      - address: 10.0.0.1\n        port: 0\n", "m.yaml:5: services[0].endpoints[0].port: 0 is not a port"},
+		{"missing endpoints", "services:\n  - name: a\n", "m.yaml:2: services[0].endpoints: a service needs endpoints or dns"},
+		{"unknown service in route", "services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\nroutes:\n  - name: r\n    hosts: [a]\n    http:\n      - route:\n          - service: nope\n", "m.yaml:9: routes[0].http[0].route[0].service: unknown service \"nope\""},
+		{"bad regex", "services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\nroutes:\n  - name: r\n    hosts: [a]\n    http:\n      - match: {regex: \"(\"}\n        route: [{service: a}]\n", "routes[0].http[0].match.regex: bad regex"},
+		{"type error", "services:\n  - name: a\n    endpoints:\n      - address: 10.0.0.1\n        port: eighty\n", "m.yaml:5: cannot unmarshal"},
+		{"rate limit without service", "services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\nroutes:\n  - name: r\n    hosts: [a]\n    http:\n      - route: [{service: a}]\n        rate_limits: [{actions: [{remote_address: {}}]}]\n", "needs a top-level rate_limit_service"},
+		{"duplicate host", "services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\nroutes:\n  - {name: r1, hosts: [a], http: [{route: [{service: a}]}]}\n  - {name: r2, hosts: [A], http: [{route: [{service: a}]}]}\n", "already served by virtual host \"r1\""},
+		{"sidecar without inbound", "services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\nproxies:\n  - id: p\n    role: sidecar\n    service: a\n    outbound: {listen: 127.0.0.1:1}\n", "m.yaml:5: proxies[0].inbound: a sidecar needs an inbound listener"},
+		{"bad duration", "services:\n  - name: a\n    connect_timeout: soon\n    endpoints: [{address: 10.0.0.1, port: 80}]\n", "m.yaml:3:"},
+		{"syntax", "services: [\n", "m.yaml:"},
+		{"two documents", "services: []\n---\nproxies: []\n", "more than one YAML document"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := parseErr(t, c.yaml); !strings.Contains(got, c.want) {
+				t.Errorf("error %q does not contain %q", got, c.want)
+			}
+		})
+	}
+}
+
+func TestDirectoryMergeLocatesFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a.yaml", "services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\n")
+	write("b.yaml", "# routes\nservices:\n  - name: b\n    endpoints: [{address: 10.0.0.2, port: 80}]\nroutes:\n  - name: r\n    hosts: [a]\n    http: [{route: [{service: a, weight: 90}, {service: b, weight: 10}]}]\n")
+	write("ignored.txt", "not yaml: [")
+	m, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Services) != 2 || m.Routes[0].HTTP[0].Route[1].Service != "b" {
+		t.Fatalf("merge: %+v", m)
+	}
+	write("c.yml", "services:\n  - name: c\n    endpoints:\n      - {address: nope, port: 80}\n")
+	_, err = Load(dir)
+	var me *Error
+	if !errors.As(err, &me) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	if me.File != filepath.Join(dir, "c.yml") || me.Line != 4 || me.Field != "services[2].endpoints[0].address" {
+		t.Errorf("located as %s:%d %s", me.File, me.Line, me.Field)
+	}
+	write("c.yml", "services:\n  - name: a\n    endpoints: [{address: 10.0.0.9, port: 80}]\n")
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "c.yml:2: services[2].name: service \"a\" is defined twice") {
+		t.Errorf("duplicate across files: %v", err)
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	if _, err := Load(filepath.Join(t.TempDir(), "nope.yaml")); err == nil {
+		t.Fatal("no error for a missing file")
+	}
+	if _, err := Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "no *.yaml") {
+		t.Fatalf("empty dir: %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	example, err := os.ReadFile("../examples/mesh.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(example)
+	f.Add([]byte("services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\n"))
+	f.Add([]byte("routes: [{name: r, hosts: ['*'], http: [{match: {regex: '[a-'}}]}]"))
+	f.Add([]byte("proxies: [{id: x, role: ingress, listen: '[::1]:80', routes: []}]"))
+	f.Add([]byte("a: &a [*a]"))
+	f.Add([]byte("services: &a [*a]"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Parse(Source{Name: "f.yaml", Data: data})
+		if err == nil && m == nil {
+			t.Fatal("nil model without error")
+		}
+		if err != nil && err.Error() == "" {
+			t.Fatal("empty error")
+		}
+	})
+}
