@@ -48,6 +48,9 @@ func Compute(cfg Config, proxies []Proxy, targets []Target) *Result {
 	res := &Result{ByTarget: make(map[string][]string, len(targets)), ByProxy: map[string][]string{}}
 	k := cfg.K
 	if k <= 0 || len(proxies) == 0 {
+		for _, t := range targets {
+			res.ByTarget[t.Key] = nil // uncovered
+		}
 		return res
 	}
 	ps := append([]Proxy(nil), proxies...)
