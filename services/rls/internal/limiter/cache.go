@@ -30,7 +30,6 @@ func NewOverCache(maxEntries int) *OverCache {
 	return c
 }
 
-
 func (c *OverCache) shard(key string) *overShard {
 	return &c.shards[maphash.String(c.seed, key)%uint64(len(c.shards))]
 }

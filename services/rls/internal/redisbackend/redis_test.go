@@ -1,0 +1,215 @@
+package redisbackend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/sidemesh/sidemesh/internal/redistest"
+	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
+	"github.com/sidemesh/sidemesh/services/rls/internal/limiter/limitertest"
+	"github.com/sidemesh/sidemesh/services/rls/internal/rules"
+)
+
+func newBackend(t *testing.T, srv *redistest.Server, mod func(*Options)) *Redis {
+	t.Helper()
+	client, cluster, err := NewClient(ClientConfig{URL: srv.URL(), PoolSize: 8, Timeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Client: client, Cluster: cluster, Timeout: 500 * time.Millisecond, Registerer: prometheus.NewRegistry(),
+		BreakerFailures: 3, BreakerCooldown: 200 * time.Millisecond}
+	if mod != nil {
+		mod(&o)
+	}
+	r, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); client.Close() })
+	return r
+}
+
+func TestSuiteOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	limitertest.Run(t, func(t *testing.T) limiter.Backend { return newBackend(t, srv, nil) })
+}
+
+func TestSuiteOnRedisClusterSplit(t *testing.T) {
+	// Cluster splitting on a single node: every slot group is its own call,
+	// which must give the same answers when no group rejects.
+	srv := redistest.Start(t)
+	b := newBackend(t, srv, func(o *Options) { o.Cluster = true })
+	it := []limiter.Item{
+		{Key: limiter.Key("c:", rules.FixedWindow, time.Hour, "d", "a", "1"), Unit: time.Hour, Limit: 2, Hits: 1, Enforce: true},
+		{Key: limiter.Key("c:", rules.FixedWindow, time.Hour, "d", "b", "2"), Unit: time.Hour, Limit: 5, Hits: 1, Enforce: true},
+	}
+	if Slot(it[0].Key) == Slot(it[1].Key) {
+		t.Fatal("test keys share a slot; pick others")
+	}
+	res := make([]limiter.Result, 2)
+	for i := 0; i < 2; i++ {
+		if err := b.Check(context.Background(), time.Now(), it, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res[0].Remaining != 0 || res[1].Remaining != 3 || res[0].Over || res[1].Over {
+		t.Fatalf("results %+v", res)
+	}
+}
+
+func get(t *testing.T, srv *redistest.Server, args ...string) string {
+	t.Helper()
+	v, err := srv.Do(context.Background(), args...)
+	if err != nil {
+		t.Fatalf("redis %v: %v", args, err)
+	}
+	return strings.TrimPrefix(v, ":")
+}
+
+func TestOverLimitDoesNotInflateAndTTLSetOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	b := newBackend(t, srv, nil)
+	now := time.Now()
+	it := []limiter.Item{{Key: limiter.Key("x:", rules.FixedWindow, time.Minute, "d", "k", "v"), Unit: time.Minute, Limit: 3, Hits: 1, Enforce: true}}
+	wk := limiter.WindowKey(it[0].Key, limiter.WindowStart(now, time.Minute))
+	res := make([]limiter.Result, 1)
+	b.Check(context.Background(), now, it, res)
+	if ttl, _ := strconv.Atoi(get(t, srv, "TTL", wk)); ttl <= 0 || ttl > 60 {
+		t.Fatalf("TTL after first hit = %d, want (0,60]", ttl)
+	}
+	get(t, srv, "EXPIRE", wk, "1000")
+	for i := 0; i < 10; i++ {
+		b.Check(context.Background(), now, it, res)
+	}
+	if v := get(t, srv, "GET", wk); v != "3" {
+		t.Fatalf("counter = %s after 11 hits on a limit of 3, want 3 (over-limit hits must not count)", v)
+	}
+	if ttl, _ := strconv.Atoi(get(t, srv, "TTL", wk)); ttl < 900 {
+		t.Fatalf("TTL = %d: later hits reset it (must be set once per window key)", ttl)
+	}
+}
+
+func TestNoScriptRecovery(t *testing.T) {
+	srv := redistest.Start(t)
+	b := newBackend(t, srv, nil)
+	it := []limiter.Item{{Key: limiter.Key("n:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 10, Hits: 1, Enforce: true}}
+	res := make([]limiter.Result, 1)
+	for i := 0; i < 3; i++ {
+		get(t, srv, "SCRIPT", "FLUSH")
+		if err := b.Check(context.Background(), time.Now(), it, res); err != nil {
+			t.Fatalf("after SCRIPT FLUSH: %v", err)
+		}
+		if res[0].Remaining != uint32(9-i) {
+			t.Fatalf("remaining %d", res[0].Remaining)
+		}
+	}
+}
+
+func TestBatchingSharesRoundTrips(t *testing.T) {
+	srv := redistest.Start(t)
+	reg := prometheus.NewRegistry()
+	b := newBackend(t, srv, func(o *Options) { o.Registerer = reg; o.Pipelines = 1; o.BatchWait = 2 * time.Millisecond })
+	const callers, per = 32, 20
+	var wg sync.WaitGroup
+	var errs atomic.Int64
+	for c := 0; c < callers; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			res := make([]limiter.Result, 1)
+			for i := 0; i < per; i++ {
+				it := []limiter.Item{{Key: limiter.Key("b:", rules.FixedWindow, time.Hour, "d", "k", fmt.Sprint(c)), Unit: time.Hour, Limit: 1000, Hits: 1, Enforce: true}}
+				if err := b.Check(context.Background(), time.Now(), it, res); err != nil {
+					errs.Add(1)
+				}
+			}
+		}(c)
+	}
+	wg.Wait()
+	if errs.Load() > 0 {
+		t.Fatalf("%d errors", errs.Load())
+	}
+	var m dto.Metric
+	b.roundTrips.Write(&m)
+	rt := m.GetCounter().GetValue()
+	if rt >= callers*per/2 {
+		t.Fatalf("%v round trips for %d requests: batching is not sharing pipelines", rt, callers*per)
+	}
+	t.Logf("%d requests in %v round trips", callers*per, rt)
+}
+
+func TestRedisKilledAndRestarted(t *testing.T) {
+	srv := redistest.Start(t)
+	b := newBackend(t, srv, nil)
+	it := []limiter.Item{{Key: limiter.Key("k:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 100, Hits: 1, Enforce: true}}
+	res := make([]limiter.Result, 1)
+	if err := b.Check(context.Background(), time.Now(), it, res); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	// Failures come back bounded by the timeout, then the breaker answers at once.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		start := time.Now()
+		err := b.Check(context.Background(), time.Now(), it, res)
+		took := time.Since(start)
+		if err == nil {
+			t.Fatal("check succeeded with redis down")
+		}
+		if !errors.Is(err, limiter.ErrUnavailable) {
+			t.Fatalf("error %v is not ErrUnavailable", err)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("a call waited %v on a dead redis", took)
+		}
+		if b.br.open(time.Now()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("breaker never opened")
+		}
+	}
+	if err := b.Ping(context.Background()); err == nil {
+		t.Fatal("ping succeeded with redis down")
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// Recovers by itself (the restarted server has no scripts: NOSCRIPT path).
+	for {
+		err := b.Check(context.Background(), time.Now(), it, res)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never recovered: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if res[0].Remaining != 99 {
+		t.Fatalf("remaining %d after restart (fresh redis), want 99", res[0].Remaining)
+	}
+}
+
+func TestSlot(t *testing.T) {
+	// Known values from the Redis Cluster spec.
+	if Slot("123456789") != int(0x31C3&16383) {
+		t.Fatalf("crc16 wrong: %d", Slot("123456789"))
+	}
+	if Slot("{user1000}.following") != Slot("{user1000}.followers") || Slot("foo{}{bar}") != int(crc16("foo{}{bar}")&16383) {
+		t.Fatal("hash tags wrong")
+	}
+	if Slot("{abc}:1") != Slot("{abc}:2") {
+		t.Fatal("window keys of one descriptor must share a slot")
+	}
+}
