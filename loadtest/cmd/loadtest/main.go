@@ -15,6 +15,7 @@ import (
 	"github.com/sidemesh/sidemesh/loadtest/httpload"
 	"github.com/sidemesh/sidemesh/loadtest/report"
 	"github.com/sidemesh/sidemesh/loadtest/rlsload"
+	"github.com/sidemesh/sidemesh/loadtest/xdsload"
 )
 
 func specs() map[string]func() app.Spec {
@@ -23,6 +24,7 @@ func specs() map[string]func() app.Spec {
 		"noop-rls": rlsload.NoopSpec,
 		"http":     httpload.Spec,
 		"upstream": httpload.UpstreamSpec,
+		"xds":      xdsload.Spec,
 	}
 }
 
