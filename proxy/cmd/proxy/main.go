@@ -3,21 +3,170 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 
 	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/internal/lifecycle"
+	"github.com/sidemesh/sidemesh/proxy/bootstrap"
+	"github.com/sidemesh/sidemesh/proxy/hotrestart"
+	"github.com/sidemesh/sidemesh/proxy/server"
+	"github.com/sidemesh/sidemesh/proxy/stats"
+	"github.com/sidemesh/sidemesh/proxy/xds"
 )
 
 func main() {
 	app.Main(app.Spec{
 		Name:      "proxy",
 		EnvPrefix: "PROXY",
-		Summary:   "sidemesh xDS-driven L7 proxy (skeleton: serves only its admin endpoints so far)",
+		Summary:   "sidemesh xDS-driven L7 proxy",
 		AdminAddr: "127.0.0.1:15000",
-		Flags:     func(fs *pflag.FlagSet) {},
-		Run: func(ctx context.Context, env *app.Env) error {
-			return env.Serve()
+		Flags: func(fs *pflag.FlagSet) {
+			fs.String("node-id", "", "node id sent to the control plane (required unless --bootstrap)")
+			fs.String("cluster", "", "node cluster (the service this proxy belongs to)")
+			fs.String("zone", "", "node locality zone")
+			fs.String("role", "sidecar", "node role: sidecar or ingress")
+			fs.String("service", "", "service name in node metadata (defaults to --cluster)")
+			fs.String("xds-addr", "", "control plane ADS address host:port (required unless --bootstrap)")
+			fs.String("hds-addr", "", "health discovery service address (used by the HDS client, issue 7)")
+			fs.String("bootstrap", "", "Envoy-style bootstrap YAML/JSON (node, ads_config, static xds cluster); replaces the node/xds flags")
+			fs.Bool("xds-sotw", false, "use state-of-the-world ADS instead of delta")
+			fs.String("access-log", "", "JSON access log: a file path or - for stdout (off when empty)")
+			fs.String("restart-from", "", "hot restart: unix socket of the running proxy to take listeners from")
+			fs.String("restart-socket", "", "hot restart: unix socket this proxy offers its listeners on")
 		},
+		Run: run,
 	})
+}
+
+func run(ctx context.Context, env *app.Env) error {
+	get := func(n string) string { v, _ := env.Flags.GetString(n); return v }
+	sotw, _ := env.Flags.GetBool("xds-sotw")
+	var bc *bootstrap.Config
+	var err error
+	if path := get("bootstrap"); path != "" {
+		bc, err = bootstrap.Load(path)
+		if err == nil && env.Flags.Changed("xds-sotw") {
+			bc.SotW = sotw
+		}
+		if err == nil && bc.AdminAddr != "" && bc.AdminAddr != env.AdminAddr() {
+			env.Log.Warn("bootstrap admin.address is ignored; set --admin-addr", "bootstrap_admin", bc.AdminAddr, "admin", env.AdminAddr())
+		}
+	} else {
+		svc := get("service")
+		if svc == "" {
+			svc = get("cluster")
+		}
+		bc, err = bootstrap.FromFlags(get("node-id"), get("cluster"), get("zone"), get("role"), svc, get("xds-addr"), sotw)
+	}
+	if err != nil {
+		return app.Usagef("%v", err)
+	}
+	var accessLog io.Writer
+	switch p := get("access-log"); p {
+	case "":
+	case "-":
+		accessLog = env.Stdout
+	default:
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return app.Usagef("--access-log %s: %v", p, err)
+		}
+		defer f.Close()
+		accessLog = f
+	}
+	var inherited map[string]net.Listener
+	var handoff *hotrestart.Handoff
+	if p := get("restart-from"); p != "" {
+		inherited, handoff, err = hotrestart.Take(p)
+		if err != nil {
+			return fmt.Errorf("hot restart: %w", err)
+		}
+		env.Log.Info("hot restart: took listeners", "count", len(inherited), "from", p)
+	}
+
+	m := stats.New(env.Admin.Registry())
+	px := server.New(server.Options{Log: env.Log, Metrics: m, DrainTimeout: env.DrainTimeout(), AccessLog: accessLog, Inherited: inherited})
+	xc := xds.New(xds.Config{Addr: bc.XDSAddr, Node: bc.Node, SotW: bc.SotW, Log: env.Log,
+		OnResult: func(typ string, err error) {
+			if err != nil {
+				m.XDS(typ, "nack")
+			} else {
+				m.XDS(typ, "ack")
+			}
+		}}, px)
+
+	adm := env.Admin
+	adm.AddReadyCheck("xds", func(context.Context) error {
+		if !xc.Ready() {
+			return errors.New("waiting for first listeners and clusters from " + bc.XDSAddr)
+		}
+		return nil
+	})
+	adm.Handle("GET /stats/prometheus", promhttp.HandlerFor(adm.Registry(), promhttp.HandlerOpts{}))
+	adm.HandleFunc("GET /config_dump", px.ConfigDump(func() any { return xc.Status() }))
+	adm.HandleFunc("GET /clusters", px.Clusters)
+	adm.HandleFunc("POST /drain_listeners", func(w http.ResponseWriter, r *http.Request) {
+		adm.SetDraining()
+		go px.DrainListeners()
+		fmt.Fprintln(w, "OK")
+	})
+	adm.HandleFunc("POST /quitquitquit", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "OK")
+		go syscall.Kill(os.Getpid(), syscall.SIGTERM) // the normal drain-and-exit path
+	})
+
+	units := []lifecycle.Unit{
+		lifecycle.Func("xds", xc.Run),
+		{Name: "proxy", Serve: func() error { <-ctx.Done(); return nil }, Shutdown: px.Shutdown},
+	}
+	if handoff != nil {
+		units = append(units, lifecycle.Func("hot-restart-handoff", func(hctx context.Context) error {
+			// Tell the old process to drain once our listeners serve.
+			for !xc.Ready() {
+				select {
+				case <-hctx.Done():
+					return nil
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			if err := handoff.Done(); err != nil {
+				env.Log.Warn("hot restart handoff", "err", err)
+			} else {
+				env.Log.Info("hot restart: previous process is draining")
+			}
+			<-hctx.Done()
+			return nil
+		}))
+	}
+	if p := get("restart-socket"); p != "" {
+		hs := &hotrestart.Server{Path: p, Listeners: px.Listeners, OnHandoff: func() {
+			env.Log.Info("hot restart: successor ready, draining")
+			syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		}}
+		units = append(units, lifecycle.Func("hot-restart", func(hctx context.Context) error {
+			if handoff != nil {
+				// Our predecessor owns the path until it confirms the drain.
+				for !xc.Ready() {
+					select {
+					case <-hctx.Done():
+						return nil
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			return hs.Serve(hctx)
+		}))
+	}
+	return env.Serve(units...)
 }

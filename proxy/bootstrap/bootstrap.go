@@ -1,0 +1,127 @@
+// Package bootstrap builds the proxy's identity and control-plane address
+// from flags or from an Envoy-style bootstrap YAML file.
+package bootstrap
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is what the proxy needs to start.
+type Config struct {
+	Node      *corev3.Node
+	XDSAddr   string
+	SotW      bool   // ads_config.api_type GRPC instead of DELTA_GRPC
+	AdminAddr string // from the bootstrap's admin.address, if any
+}
+
+// FromFlags builds a Config from the proxy's flags.
+func FromFlags(id, cluster, zone, role, service, xdsAddr string, sotw bool) (*Config, error) {
+	if id == "" {
+		return nil, fmt.Errorf("--node-id is required")
+	}
+	if xdsAddr == "" {
+		return nil, fmt.Errorf("--xds-addr is required")
+	}
+	if _, _, err := net.SplitHostPort(xdsAddr); err != nil {
+		return nil, fmt.Errorf("--xds-addr %q: %v", xdsAddr, err)
+	}
+	if role != "sidecar" && role != "ingress" {
+		return nil, fmt.Errorf("--role %q: must be sidecar or ingress", role)
+	}
+	return &Config{Node: node(id, cluster, zone, role, service), XDSAddr: xdsAddr, SotW: sotw}, nil
+}
+
+func node(id, cluster, zone, role, service string) *corev3.Node {
+	md, _ := structpb.NewStruct(map[string]any{"role": role, "service": service})
+	n := &corev3.Node{Id: id, Cluster: cluster, Metadata: md, UserAgentName: "sidemesh-proxy",
+		ClientFeatures: []string{"envoy.lb.does_not_support_overprovisioning"}}
+	if zone != "" {
+		n.Locality = &corev3.Locality{Zone: zone}
+	}
+	return n
+}
+
+// Load reads an Envoy bootstrap YAML (or JSON) file. The ADS server is the
+// first endpoint of the static cluster named by
+// dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name.
+func Load(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", path, err)
+	}
+	return Parse(path, raw)
+}
+
+// Parse parses bootstrap bytes; name is used in errors.
+func Parse(name string, raw []byte) (*Config, error) {
+	var tree any
+	if err := yaml.Unmarshal(raw, &tree); err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", name, err)
+	}
+	js, err := json.Marshal(tree)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", name, err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(js, &b); err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", name, err)
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", name, err)
+	}
+	if b.GetNode().GetId() == "" {
+		return nil, fmt.Errorf("bootstrap %s: node.id is required", name)
+	}
+	ads := b.GetDynamicResources().GetAdsConfig()
+	if ads == nil {
+		return nil, fmt.Errorf("bootstrap %s: dynamic_resources.ads_config is required", name)
+	}
+	cfg := &Config{Node: b.GetNode(), SotW: ads.GetApiType() == corev3.ApiConfigSource_GRPC}
+	if cfg.Node.UserAgentName == "" {
+		cfg.Node.UserAgentName = "sidemesh-proxy"
+	}
+	switch ads.GetApiType() {
+	case corev3.ApiConfigSource_GRPC, corev3.ApiConfigSource_DELTA_GRPC, corev3.ApiConfigSource_AGGREGATED_GRPC, corev3.ApiConfigSource_AGGREGATED_DELTA_GRPC:
+	default:
+		return nil, fmt.Errorf("bootstrap %s: dynamic_resources.ads_config.api_type %s: use GRPC or DELTA_GRPC", name, ads.GetApiType())
+	}
+	if ads.GetApiType() == corev3.ApiConfigSource_AGGREGATED_GRPC {
+		cfg.SotW = true
+	}
+	gs := ads.GetGrpcServices()
+	if len(gs) == 0 || gs[0].GetEnvoyGrpc().GetClusterName() == "" {
+		return nil, fmt.Errorf("bootstrap %s: dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name is required", name)
+	}
+	cn := gs[0].GetEnvoyGrpc().GetClusterName()
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() != cn {
+			continue
+		}
+		for _, l := range c.GetLoadAssignment().GetEndpoints() {
+			for _, e := range l.GetLbEndpoints() {
+				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+				if sa != nil {
+					cfg.XDSAddr = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+					break
+				}
+			}
+		}
+	}
+	if cfg.XDSAddr == "" {
+		return nil, fmt.Errorf("bootstrap %s: static_resources.clusters has no cluster %q with a socket_address endpoint", name, cn)
+	}
+	if sa := b.GetAdmin().GetAddress().GetSocketAddress(); sa != nil {
+		cfg.AdminAddr = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+	}
+	return cfg, nil
+}

@@ -1,0 +1,209 @@
+// Package server is the proxy's data plane: it turns accepted xDS resources
+// into listeners, route tables and clusters (Apply), and serves HTTP and TCP
+// traffic through them. Every request reads one immutable snapshot through an
+// atomic pointer; config changes never block or disturb requests in flight.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidemesh/sidemesh/proxy/cluster"
+	"github.com/sidemesh/sidemesh/proxy/route"
+	"github.com/sidemesh/sidemesh/proxy/stats"
+	"github.com/sidemesh/sidemesh/proxy/xds"
+)
+
+// Options configures a Proxy.
+type Options struct {
+	Log          *slog.Logger
+	Metrics      *stats.Metrics
+	DrainTimeout time.Duration // for removed listeners and shutdown
+	AccessLog    io.Writer     // nil: access log off
+	// Inherited are listening sockets taken over from a previous process
+	// (hot restart), by address.
+	Inherited map[string]net.Listener
+}
+
+// Snapshot is one immutable generation of routing state.
+type Snapshot struct {
+	Routes    map[string]*route.Table
+	Clusters  map[string]*cluster.Cluster
+	Resources *xds.Resources
+	Applied   time.Time
+}
+
+// Proxy is the data plane.
+type Proxy struct {
+	opt  Options
+	log  *slog.Logger
+	snap atomic.Pointer[Snapshot]
+
+	mu        sync.Mutex // serialises Apply and listener changes
+	listeners map[string]*liveListener
+	draining  bool
+	inherited map[string]net.Listener
+	drains    sync.WaitGroup
+	accessMu  sync.Mutex
+}
+
+// New creates a proxy with no config.
+func New(opt Options) *Proxy {
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	if opt.Metrics == nil {
+		opt.Metrics = stats.New(nil)
+	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = 15 * time.Second
+	}
+	p := &Proxy{opt: opt, log: opt.Log, listeners: map[string]*liveListener{}, inherited: opt.Inherited}
+	p.snap.Store(&Snapshot{Routes: map[string]*route.Table{}, Clusters: map[string]*cluster.Cluster{}, Resources: xds.NewResources()})
+	return p
+}
+
+// Snapshot is the current routing state.
+func (p *Proxy) Snapshot() *Snapshot { return p.snap.Load() }
+
+// Apply compiles a complete resource set and makes it live, or returns why
+// it cannot (the running config is then untouched). It implements xds.Applier.
+func (p *Proxy) Apply(ctx context.Context, r *xds.Resources) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining {
+		return errors.New("proxy is draining")
+	}
+	old := p.snap.Load()
+	ns := &Snapshot{Routes: map[string]*route.Table{}, Clusters: map[string]*cluster.Cluster{}, Resources: r, Applied: time.Now()}
+	var errs []error
+	for _, name := range sortedNames(r.Routes) {
+		t, err := compileTable(r.Routes[name], p.opt.Metrics)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ns.Routes[name] = t
+	}
+	lcs := map[string]*listenerConfig{}
+	addrs := map[string]string{}
+	for _, name := range sortedNames(r.Listeners) {
+		lc, err := compileListener(r.Listeners[name], p.opt.Metrics)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if other, dup := addrs[lc.addr]; dup {
+			errs = append(errs, fmt.Errorf("listener %q: address %s already used by listener %q", name, lc.addr, other))
+			continue
+		}
+		addrs[lc.addr] = name
+		lcs[name] = lc
+	}
+	hostSets := map[*cluster.Cluster]*cluster.HostSet{}
+	for _, name := range sortedNames(r.Clusters) {
+		prev := old.Clusters[name]
+		c, err := cluster.Build(r.Clusters[name], prev, p.opt.Metrics)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if c.EDSName != "" {
+			if cla, ok := r.Endpoints[c.EDSName]; ok {
+				hs, err := c.BuildHosts(cla, prev)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("cluster_load_assignment %q: %w", c.EDSName, err))
+					continue
+				}
+				hostSets[c] = hs
+			}
+		}
+		ns.Clusters[name] = c
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	commit, err := p.prepareListeners(lcs)
+	if err != nil {
+		return err
+	}
+	for c, hs := range hostSets {
+		c.SetHosts(hs)
+	}
+	p.snap.Store(ns)
+	commit(ns)
+	for name, oc := range old.Clusters {
+		if nc := ns.Clusters[name]; nc == nil || !nc.SharesTransport(oc) {
+			oc.Retire(p.opt.DrainTimeout)
+		}
+	}
+	p.log.Debug("config applied", "listeners", len(lcs), "routes", len(ns.Routes), "clusters", len(ns.Clusters))
+	_ = ctx
+	return nil
+}
+
+func sortedNames[T any](m map[string]T) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ListenerAddrs returns the bound address of every live listener by name.
+func (p *Proxy) ListenerAddrs() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]string{}
+	for n, l := range p.listeners {
+		out[n] = l.ln.Addr().String()
+	}
+	return out
+}
+
+// Listeners returns the live listening sockets by configured address, for
+// handing over to a new process on hot restart.
+func (p *Proxy) Listeners() map[string]net.Listener {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]net.Listener{}
+	for _, l := range p.listeners {
+		out[l.cfgAddr] = l.ln
+	}
+	return out
+}
+
+// DrainListeners stops accepting on every listener and drains them
+// (Envoy's /drain_listeners); later config updates are refused.
+func (p *Proxy) DrainListeners() {
+	p.mu.Lock()
+	p.draining = true
+	ls := p.listeners
+	p.listeners = map[string]*liveListener{}
+	p.mu.Unlock()
+	for _, l := range ls {
+		p.drain(l)
+	}
+}
+
+// Shutdown drains every listener and waits for drains until ctx ends.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.DrainListeners()
+	done := make(chan struct{})
+	go func() { p.drains.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
