@@ -34,8 +34,8 @@ func (c *OverCache) shard(key string) *overShard {
 	return &c.shards[maphash.String(c.seed, key)%uint64(len(c.shards))]
 }
 
-// Over reports whether key is known over limit at nowUS.
-func (c *OverCache) Over(key string, nowUS int64) bool {
+// Over reports whether key is known over limit at nowUS, and until when.
+func (c *OverCache) Over(key string, nowUS int64) (int64, bool) {
 	s := c.shard(key)
 	s.mu.Lock()
 	until, ok := s.m[key]
@@ -44,7 +44,7 @@ func (c *OverCache) Over(key string, nowUS int64) bool {
 		ok = false
 	}
 	s.mu.Unlock()
-	return ok
+	return until, ok
 }
 
 // Put records key as over limit until untilUS.

@@ -65,7 +65,8 @@ func TestMemoryExpires(t *testing.T) {
 func TestOverCache(t *testing.T) {
 	c := limiter.NewOverCache(64)
 	c.Put("a", 100, 0)
-	if !c.Over("a", 99) || c.Over("a", 100) || c.Over("b", 0) {
+	over := func(k string, now int64) bool { _, ok := c.Over(k, now); return ok }
+	if u, ok := c.Over("a", 99); !ok || u != 100 || over("a", 100) || over("b", 0) {
 		t.Fatal("over cache answers wrong")
 	}
 	for i := 0; i < 1000; i++ {

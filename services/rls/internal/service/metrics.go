@@ -1,0 +1,81 @@
+package service
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are labelled by domain and rule path only (both bounded by the
+// rule files); raw descriptor values appear only for detailed_metric rules.
+type metrics struct {
+	hits       *prometheus.CounterVec
+	requests   *prometheus.CounterVec
+	latency    prometheus.Histogram
+	noDomain   prometheus.Counter
+	failures   *prometheus.CounterVec
+	cacheSize  prometheus.GaugeFunc
+	ruleCache  sync.Map // domain\x00rule -> *ruleCounters
+	cacheLimit int
+	cacheCount int64
+	mu         sync.Mutex
+}
+
+type ruleCounters struct {
+	total, over, near, within, shadow, localCache prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, cacheLen func() float64) (*metrics, error) {
+	m := &metrics{
+		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rls_rule_hits_total",
+			Help: "Hits per domain and rule; result is total, over_limit, near_limit, within_limit, shadow_mode or over_limit_local_cache.",
+		}, []string{"domain", "rule", "result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rls_requests_total", Help: "ShouldRateLimit calls by answer (ok, over_limit, invalid, failure_allow, failure_deny).",
+		}, []string{"code"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "rls_should_rate_limit_duration_seconds", Help: "ShouldRateLimit handling time.",
+			Buckets: []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25},
+		}),
+		noDomain: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rls_domain_not_found_total", Help: "Requests for a domain with no rules (answered OK).",
+		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rls_backend_failures_total", Help: "Requests answered by the failure mode because the backend failed.",
+		}, []string{"mode"}),
+		cacheLimit: 10000,
+	}
+	m.cacheSize = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "rls_local_cache_keys", Help: "Keys in the local over-limit cache.",
+	}, cacheLen)
+	for _, c := range []prometheus.Collector{m.hits, m.requests, m.latency, m.noDomain, m.failures, m.cacheSize} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) rule(domain, rule string) *ruleCounters {
+	k := domain + "\x00" + rule
+	if rc, ok := m.ruleCache.Load(k); ok {
+		return rc.(*ruleCounters)
+	}
+	rc := &ruleCounters{
+		total:      m.hits.WithLabelValues(domain, rule, "total"),
+		over:       m.hits.WithLabelValues(domain, rule, "over_limit"),
+		near:       m.hits.WithLabelValues(domain, rule, "near_limit"),
+		within:     m.hits.WithLabelValues(domain, rule, "within_limit"),
+		shadow:     m.hits.WithLabelValues(domain, rule, "shadow_mode"),
+		localCache: m.hits.WithLabelValues(domain, rule, "over_limit_local_cache"),
+	}
+	m.mu.Lock()
+	// Bound the handle cache itself (detailed_metric rules can have many values).
+	if m.cacheCount < int64(m.cacheLimit) {
+		m.cacheCount++
+		m.ruleCache.Store(k, rc)
+	}
+	m.mu.Unlock()
+	return rc
+}

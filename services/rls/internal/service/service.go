@@ -1,0 +1,408 @@
+// Package service is the envoy.service.ratelimit.v3 ShouldRateLimit handler:
+// it validates the request, matches descriptors to rules, applies replaces,
+// the local over-limit cache and the backend, and answers as Envoy expects.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
+	"github.com/sidemesh/sidemesh/services/rls/internal/rules"
+)
+
+// FailureMode is the answer when the backend is unavailable.
+type FailureMode int
+
+// Failure modes: Allow (default, like Envoy's filter) answers OK, Deny
+// answers OVER_LIMIT.
+const (
+	FailAllow FailureMode = iota
+	FailDeny
+)
+
+// ParseFailureMode parses "allow" or "deny".
+func ParseFailureMode(s string) (FailureMode, error) {
+	switch s {
+	case "allow":
+		return FailAllow, nil
+	case "deny":
+		return FailDeny, nil
+	}
+	return 0, fmt.Errorf("must be allow or deny, got %q", s)
+}
+
+// Options configures the service.
+type Options struct {
+	Backend     limiter.Backend
+	KeyPrefix   string
+	FailureMode FailureMode
+	// ResponseHeaders adds RateLimit-Limit/-Remaining/-Reset (and
+	// Retry-After when over limit) to response_headers_to_add.
+	ResponseHeaders bool
+	// LocalCache, when set, answers keys known over limit without the backend.
+	LocalCache     *limiter.OverCache
+	Limits         Limits
+	NearLimitRatio float64
+	Now            func() time.Time
+	Log            *slog.Logger
+	Registerer     prometheus.Registerer
+}
+
+// Service implements rlsv3.RateLimitServiceServer.
+type Service struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+	o       Options
+	rules   atomic.Pointer[rules.Config]
+	m       *metrics
+	lastLog atomic.Int64
+}
+
+// New returns a service with no rules (every request answers OK) until
+// SetRules.
+func New(o Options) (*Service, error) {
+	if o.Backend == nil {
+		return nil, errors.New("service: no backend")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Limits == (Limits{}) {
+		o.Limits = DefaultLimits
+	}
+	if o.NearLimitRatio <= 0 {
+		o.NearLimitRatio = 0.8
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	s := &Service{o: o}
+	cacheLen := func() float64 { return 0 }
+	if o.LocalCache != nil {
+		cacheLen = func() float64 { return float64(o.LocalCache.Len()) }
+	}
+	m, err := newMetrics(o.Registerer, cacheLen)
+	if err != nil {
+		return nil, fmt.Errorf("service metrics: %w", err)
+	}
+	s.m = m
+	s.rules.Store(&rules.Config{})
+	return s, nil
+}
+
+// SetRules swaps the rule set (hot reload). The local over-limit cache is
+// cleared: limits may have changed.
+func (s *Service) SetRules(c *rules.Config) {
+	s.rules.Store(c)
+	if s.o.LocalCache != nil {
+		s.o.LocalCache.Clear()
+	}
+}
+
+// Rules returns the current rule set.
+func (s *Service) Rules() *rules.Config { return s.rules.Load() }
+
+// slot is the per-descriptor working state of one request.
+type slot struct {
+	limit   *rules.RateLimit
+	hits    uint32
+	item    int // index in items, -1 if not counted by the backend
+	cached  bool
+	res     limiter.Result
+	counter *ruleCounters
+}
+
+// ShouldRateLimit implements the RLS API.
+func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	start := time.Now()
+	defer func() { s.m.latency.Observe(time.Since(start).Seconds()) }()
+	if err := s.o.Limits.Validate(req); err != nil {
+		s.m.requests.WithLabelValues("invalid").Inc()
+		return nil, err
+	}
+	cfg := s.rules.Load()
+	domain := req.GetDomain()
+	descs := req.GetDescriptors()
+	resp := &rlsv3.RateLimitResponse{
+		OverallCode: rlsv3.RateLimitResponse_OK,
+		Statuses:    make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(descs)),
+	}
+	if !cfg.HasDomain(domain) && !hasOverride(descs) {
+		s.m.noDomain.Inc()
+		for i := range resp.Statuses {
+			resp.Statuses[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		}
+		s.m.requests.WithLabelValues("ok").Inc()
+		return resp, nil
+	}
+	reqHits := req.GetHitsAddend()
+	if reqHits == 0 {
+		reqHits = 1
+	}
+	var slotBuf [4]slot
+	slots := slotBuf[:0]
+	var replaced map[string]bool
+	for _, d := range descs {
+		sl := slot{item: -1, hits: reqHits}
+		if h := d.GetHitsAddend(); h != nil {
+			sl.hits = uint32(h.GetValue())
+		}
+		if o := d.GetLimit(); o != nil {
+			sl.limit = overrideLimit(o)
+		} else {
+			sl.limit = cfg.Match(domain, d.GetEntries())
+		}
+		if sl.limit != nil {
+			for _, r := range sl.limit.Replaces {
+				if replaced == nil {
+					replaced = map[string]bool{}
+				}
+				replaced[r] = true
+			}
+		}
+		slots = append(slots, sl)
+	}
+	now := s.o.Now()
+	nowUS := now.UnixMicro()
+	var itemBuf [4]limiter.Item
+	items := itemBuf[:0]
+	rejectedByCache := false
+	for i := range slots {
+		sl := &slots[i]
+		l := sl.limit
+		if l == nil || (l.Name != "" && replaced[l.Name]) {
+			sl.limit = nil
+			continue
+		}
+		sl.counter = s.m.rule(domain, s.ruleLabel(l, descs[i].GetEntries()))
+		if l.Unlimited {
+			continue
+		}
+		it := limiter.Item{
+			Key:       limiter.Key(s.o.KeyPrefix, l.Algorithm, rules.UnitDuration(l.Unit), domain, flatten(descs[i].GetEntries())...),
+			Algorithm: l.Algorithm, Unit: rules.UnitDuration(l.Unit), Limit: l.RequestsPerUnit,
+			Burst: l.Burst, Hits: sl.hits, Enforce: !l.ShadowMode,
+		}
+		// Decided locally, without the backend: a zero limit ("ban"), or a
+		// key the local cache knows is over limit.
+		if it.Limit == 0 && sl.hits > 0 {
+			sl.cached, sl.res = true, limiter.Result{Over: true}
+		} else if s.o.LocalCache != nil && sl.hits > 0 {
+			if until, ok := s.o.LocalCache.Over(it.Key, nowUS); ok {
+				sl.cached = true
+				sl.res = limiter.Result{Over: true, RetryAfter: time.Duration(until-nowUS) * time.Microsecond}
+			}
+		}
+		if sl.cached {
+			if it.Enforce {
+				rejectedByCache = true
+			}
+			continue
+		}
+		sl.item = len(items)
+		items = append(items, it)
+	}
+	var backendErr error
+	var results []limiter.Result
+	if len(items) > 0 && !rejectedByCache {
+		var resBuf [4]limiter.Result
+		results = resBuf[:0]
+		for range items {
+			results = append(results, limiter.Result{})
+		}
+		backendErr = s.o.Backend.Check(ctx, now, items, results)
+	}
+	if backendErr != nil {
+		return s.failed(resp, slots, backendErr)
+	}
+	for i := range slots {
+		sl := &slots[i]
+		if sl.item >= 0 && results != nil {
+			sl.res = results[sl.item]
+			if s.o.LocalCache != nil && sl.res.Remaining == 0 && sl.res.RetryAfter > 0 {
+				s.o.LocalCache.Put(items[sl.item].Key, nowUS+sl.res.RetryAfter.Microseconds(), nowUS)
+			}
+		}
+	}
+	s.answer(resp, slots, rejectedByCache)
+	return resp, nil
+}
+
+func hasOverride(descs []*rlcommon.RateLimitDescriptor) bool {
+	for _, d := range descs {
+		if d.GetLimit() != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// overrideLimit turns Envoy's per-descriptor limit override into a fixed
+// window limit. Its metric label is "override" (bounded), never the values.
+func overrideLimit(o *rlcommon.RateLimitDescriptor_RateLimitOverride) *rules.RateLimit {
+	u := rlsv3.RateLimitResponse_RateLimit_Unit(o.GetUnit())
+	return &rules.RateLimit{
+		Unit: u, RequestsPerUnit: o.GetRequestsPerUnit(), Path: "override",
+		Proto: &rlsv3.RateLimitResponse_RateLimit{RequestsPerUnit: o.GetRequestsPerUnit(), Unit: u},
+	}
+}
+
+func flatten(es []*rlcommon.RateLimitDescriptor_Entry) []string {
+	kv := make([]string, 0, 2*len(es))
+	for _, e := range es {
+		kv = append(kv, e.GetKey(), e.GetValue())
+	}
+	return kv
+}
+
+func (s *Service) ruleLabel(l *rules.RateLimit, es []*rlcommon.RateLimitDescriptor_Entry) string {
+	if !l.DetailedMetric {
+		return l.Path
+	}
+	b := make([]byte, 0, 64)
+	for i, e := range es {
+		if i > 0 {
+			b = append(b, '.')
+		}
+		b = append(b, e.GetKey()...)
+		if e.GetValue() != "" {
+			b = append(b, '_')
+			b = append(b, e.GetValue()...)
+		}
+	}
+	return string(b)
+}
+
+func (s *Service) answer(resp *rlsv3.RateLimitResponse, slots []slot, rejected bool) {
+	var hdr *slot
+	for i := range slots {
+		sl := &slots[i]
+		st := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		resp.Statuses[i] = st
+		l := sl.limit
+		if l == nil {
+			continue
+		}
+		h := float64(sl.hits)
+		sl.counter.total.Add(h)
+		if l.Unlimited {
+			st.LimitRemaining = math.MaxUint32
+			sl.counter.within.Add(h)
+			continue
+		}
+		st.CurrentLimit = l.Proto
+		st.LimitRemaining = sl.res.Remaining
+		if reset := resetOf(sl); reset > 0 {
+			st.DurationUntilReset = durationpb.New(reset.Round(time.Millisecond))
+		}
+		switch {
+		case sl.res.Over && l.ShadowMode:
+			sl.counter.shadow.Add(h)
+		case sl.res.Over:
+			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
+			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+			sl.counter.over.Add(h)
+			if sl.cached {
+				sl.counter.localCache.Add(h)
+			}
+		default:
+			sl.counter.within.Add(h)
+			if float64(l.RequestsPerUnit-min(sl.res.Remaining, l.RequestsPerUnit)) >= s.o.NearLimitRatio*float64(l.RequestsPerUnit) {
+				sl.counter.near.Add(h)
+			}
+		}
+		if hdr == nil || betterHeader(sl, hdr) {
+			hdr = sl
+		}
+	}
+	if rejected {
+		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+	}
+	code := "ok"
+	if resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT {
+		code = "over_limit"
+	}
+	s.m.requests.WithLabelValues(code).Inc()
+	if s.o.ResponseHeaders && hdr != nil {
+		resp.ResponseHeadersToAdd = headers(hdr, resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT)
+	}
+}
+
+// betterHeader picks the descriptor the RateLimit-* headers describe: an
+// enforced over-limit one first, then the one with the least remaining.
+func betterHeader(a, b *slot) bool {
+	ao := a.res.Over && !a.limit.ShadowMode
+	bo := b.res.Over && !b.limit.ShadowMode
+	if ao != bo {
+		return ao
+	}
+	return a.res.Remaining < b.res.Remaining
+}
+
+func resetOf(sl *slot) time.Duration {
+	if sl.cached {
+		return sl.res.RetryAfter
+	}
+	return sl.res.ResetAfter
+}
+
+func headers(sl *slot, over bool) []*corev3.HeaderValue {
+	reset := resetOf(sl)
+	h := []*corev3.HeaderValue{
+		{Key: "RateLimit-Limit", Value: strconv.FormatUint(uint64(sl.limit.RequestsPerUnit), 10)},
+		{Key: "RateLimit-Remaining", Value: strconv.FormatUint(uint64(sl.res.Remaining), 10)},
+		{Key: "RateLimit-Reset", Value: strconv.FormatInt(ceilSeconds(reset), 10)},
+	}
+	if over {
+		retry := sl.res.RetryAfter
+		if retry <= 0 {
+			retry = reset
+		}
+		h = append(h, &corev3.HeaderValue{Key: "Retry-After", Value: strconv.FormatInt(ceilSeconds(retry), 10)})
+	}
+	return h
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// failed answers by the failure mode, and logs at most once a second.
+func (s *Service) failed(resp *rlsv3.RateLimitResponse, slots []slot, err error) (*rlsv3.RateLimitResponse, error) {
+	now := time.Now().Unix()
+	if last := s.lastLog.Load(); last != now && s.lastLog.CompareAndSwap(last, now) {
+		s.o.Log.Warn("rate-limit backend failed; answering by failure mode", "err", err, "failure_mode", map[FailureMode]string{FailAllow: "allow", FailDeny: "deny"}[s.o.FailureMode])
+	}
+	code := rlsv3.RateLimitResponse_OK
+	mode := "allow"
+	if s.o.FailureMode == FailDeny {
+		code, mode = rlsv3.RateLimitResponse_OVER_LIMIT, "deny"
+	}
+	resp.OverallCode = code
+	for i := range slots {
+		st := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		if slots[i].limit != nil && !slots[i].limit.Unlimited && !slots[i].limit.ShadowMode {
+			st.Code = code
+			st.CurrentLimit = slots[i].limit.Proto
+		}
+		resp.Statuses[i] = st
+	}
+	s.m.failures.WithLabelValues(mode).Inc()
+	s.m.requests.WithLabelValues("failure_" + mode).Inc()
+	return resp, nil
+}
