@@ -288,7 +288,7 @@ func (s *session) sweep() {
 		s.r.ring.PublishProxy(s.entry(stale))
 	case mine && cur.Stale != stale:
 		if becameStale {
-			s.r.log.Warn("proxy stopped reporting; its votes are stale", "proxy", s.id)
+			s.r.log.Warn("proxy stopped reporting; its votes are stale", "proxy", s.id, "silent", time.Since(s.lastReportAt()).Round(time.Millisecond))
 		}
 		s.r.ring.PublishProxy(s.entry(stale))
 	}
@@ -383,4 +383,10 @@ func (r *Replica) specifier(keys []string) *healthv3.HealthCheckSpecifier {
 		spec.ClusterHealthChecks = append(spec.ClusterHealthChecks, chc)
 	}
 	return spec
+}
+
+func (s *session) lastReportAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastReport
 }
