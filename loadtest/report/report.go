@@ -122,12 +122,15 @@ func (r *Result) WriteTable(w io.Writer) {
 	fmt.Fprintf(tw, "elapsed\t%.2f s\n", r.ElapsedSeconds)
 	if r.Requests > 0 {
 		fmt.Fprintf(tw, "requests\t%d (errors %d)\n", r.Requests, r.Errors)
-		fmt.Fprintf(tw, "throughput\t%.0f req/s\n", r.Throughput)
+		if r.Throughput > 0 {
+			fmt.Fprintf(tw, "throughput\t%.0f req/s\n", r.Throughput)
+		}
 		if r.Late > 0 {
 			fmt.Fprintf(tw, "late starts\t%d (open loop could not keep its schedule)\n", r.Late)
 		}
-		l := r.Latency
-		fmt.Fprintf(tw, "latency µs\tp50 %d  p90 %d  p99 %d  p99.9 %d  max %d  mean %.0f\n", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
+		if l := r.Latency; l.Count > 0 {
+			fmt.Fprintf(tw, "latency µs\tp50 %d  p90 %d  p99 %d  p99.9 %d  max %d  mean %.0f\n", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
+		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(r.Outcomes)) {
 		fmt.Fprintf(tw, "  %s\t%d\n", k, r.Outcomes[k])

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/loadtest/hdsload"
 	"github.com/sidemesh/sidemesh/loadtest/httpload"
 	"github.com/sidemesh/sidemesh/loadtest/report"
 	"github.com/sidemesh/sidemesh/loadtest/rlsload"
@@ -25,6 +26,7 @@ func specs() map[string]func() app.Spec {
 		"http":     httpload.Spec,
 		"upstream": httpload.UpstreamSpec,
 		"xds":      xdsload.Spec,
+		"hds":      hdsload.Spec,
 	}
 }
 
