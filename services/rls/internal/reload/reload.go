@@ -26,12 +26,16 @@ type Watcher struct {
 
 	reloads *prometheus.CounterVec
 	lastOK  prometheus.Gauge
+	started chan struct{}
 }
+
+// Started is closed once Run watches the path.
+func (w *Watcher) Started() <-chan struct{} { return w.started }
 
 // New registers the reload metrics.
 func New(path string, apply func(*rules.Config), log *slog.Logger, reg prometheus.Registerer) (*Watcher, error) {
 	w := &Watcher{
-		Path: path, Apply: apply, Log: log, Debounce: 100 * time.Millisecond,
+		Path: path, Apply: apply, Log: log, Debounce: 100 * time.Millisecond, started: make(chan struct{}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rls_rules_reloads_total", Help: "Rule reloads by result (success, failure).",
 		}, []string{"result"}),
@@ -79,6 +83,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err := fw.Add(dir); err != nil {
 		return fmt.Errorf("watching rules %s: %w", dir, err)
 	}
+	close(w.started)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
