@@ -1,8 +1,14 @@
 package replica
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	healthfeedv1 "github.com/sidemesh/sidemesh/proto/healthfeed/v1"
 
 	"github.com/sidemesh/sidemesh/services/hds/catalog"
 	"github.com/sidemesh/sidemesh/services/hds/verdict"
@@ -50,6 +56,23 @@ func TestThreeReplicasCoverageDeathAndKill(t *testing.T) {
 		}
 	}
 
+	// The controlplane's view: the health feed of any replica.
+	cc, err := grpc.NewClient(h.nodes[2].addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watch, err := healthfeedv1.NewHealthFeedClient(cc).Watch(ctx, &healthfeedv1.WatchRequest{Subscriber: "test-controlplane"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := watch.Recv()
+	if err != nil || !full.GetFull() || len(full.GetEndpoints()) != len(snap.Endpoints()) {
+		t.Fatalf("feed snapshot: %d endpoints, full=%v, err %v", len(full.GetEndpoints()), full.GetFull(), err)
+	}
+
 	// An endpoint dies.
 	victim := snap.Endpoints()[3].Key
 	floor := testUnhTh*testCheck + 2*testReport
@@ -58,6 +81,20 @@ func TestThreeReplicasCoverageDeathAndKill(t *testing.T) {
 		return h.verdictEverywhere(victim, "UNHEALTHY")
 	})
 	t.Logf("endpoint death → UNHEALTHY at all 3 replicas in %v (floor unhealthy_threshold×interval + 2 report intervals = %v)", took.Round(time.Millisecond), floor)
+	for seen := false; !seen; {
+		u, err := watch.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range u.GetEndpoints() {
+			if e.GetEndpoint().GetAddress() == victim.Address && e.GetEndpoint().GetCluster() == victim.Cluster && e.GetVerdict() == healthfeedv1.Verdict_VERDICT_UNHEALTHY {
+				seen = true
+				if len(e.GetCheckers()) == 0 || e.GetReason() == "" {
+					t.Fatalf("feed entry without checkers or reason: %v", e)
+				}
+			}
+		}
+	}
 	for _, e := range snap.Endpoints() {
 		if e.Key != victim && !h.verdictEverywhere(e.Key, "HEALTHY") {
 			t.Fatalf("%s flipped although only %s died", e.Key, victim)
