@@ -90,6 +90,7 @@ type stream struct {
 	log      *slog.Logger
 	update   func(*catalog.Snapshot)
 	clusters map[string]*clusterv3.Cluster // with health checks
+	allEDS   []string                      // EDS names of every cluster
 	cdsVer   string
 	cla      map[string]*endpointv3.ClusterLoadAssignment
 	edsVer   string
@@ -114,20 +115,22 @@ func (st *stream) node() *corev3.Node {
 	return n
 }
 
-// edsNames are the EDS service names the health-checked clusters need.
-func (st *stream) edsNames() []string {
-	var out []string
-	for _, c := range st.clusters {
-		if c.GetType() == clusterv3.Cluster_EDS || c.GetEdsClusterConfig() != nil {
-			out = append(out, edsName(c))
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
+// edsNames are the EDS service names to subscribe to: those of every EDS
+// cluster, as Envoy would request them (go-control-plane's ADS cache only
+// answers requests that name all of a node's assignments), though only the
+// health-checked clusters' endpoints are used.
+func (st *stream) edsNames() []string { return st.allEDS }
+
+func isEDS(c *clusterv3.Cluster) bool {
+	return c.GetType() == clusterv3.Cluster_EDS || c.GetEdsClusterConfig() != nil
 }
 
 func (st *stream) missingEDS() bool {
-	for _, n := range st.edsNames() {
+	for _, c := range st.clusters {
+		if !isEDS(c) {
+			continue
+		}
+		n := edsName(c)
 		if _, ok := st.cla[n]; !ok {
 			return true
 		}
@@ -215,6 +218,7 @@ func (st *stream) run(ctx context.Context, client discoveryv3.AggregatedDiscover
 
 func (st *stream) applyCDS(resp *discoveryv3.DiscoveryResponse) error {
 	next := map[string]*clusterv3.Cluster{}
+	var all []string
 	var errs []error
 	for _, a := range resp.GetResources() {
 		c := &clusterv3.Cluster{}
@@ -225,6 +229,9 @@ func (st *stream) applyCDS(resp *discoveryv3.DiscoveryResponse) error {
 		if err := c.ValidateAll(); err != nil {
 			errs = append(errs, fmt.Errorf("cluster %s: %w", c.GetName(), err))
 			continue
+		}
+		if isEDS(c) {
+			all = append(all, edsName(c))
 		}
 		if len(c.GetHealthChecks()) == 0 {
 			continue
@@ -238,7 +245,8 @@ func (st *stream) applyCDS(resp *discoveryv3.DiscoveryResponse) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	st.clusters = next
+	slices.Sort(all)
+	st.clusters, st.allEDS = next, slices.Compact(all)
 	st.cdsVer = resp.GetVersionInfo()
 	return nil
 }
@@ -278,7 +286,7 @@ func (st *stream) publish() {
 			st.log.Warn("xds: cluster has several health checks; HDS uses the first", "cluster", name)
 		}
 		cla := c.GetLoadAssignment()
-		if c.GetType() == clusterv3.Cluster_EDS || c.GetEdsClusterConfig() != nil {
+		if isEDS(c) {
 			cla = st.cla[edsName(c)]
 		}
 		eps, skipped := catalog.FromLoadAssignment(name, cla)
