@@ -23,8 +23,10 @@ import (
 	"github.com/sidemesh/sidemesh/services/hds/xdssource"
 )
 
-func main() {
-	app.Main(app.Spec{
+func main() { app.Main(spec()) }
+
+func spec() app.Spec {
+	return app.Spec{
 		Name:      "hds",
 		EnvPrefix: "HDS",
 		Summary:   "sidemesh health discovery service: delegates health checks to proxies, k per endpoint, shared across a memberlist ring",
@@ -34,7 +36,7 @@ func main() {
 /healthz, /ready, /metrics. The health feed (sidemesh.healthfeed.v1.HealthFeed/Watch) is served
 on --grpc-addr next to envoy.service.health.v3.HealthDiscoveryService.`,
 		Run: run,
-	})
+	}
 }
 
 func flags(fs *pflag.FlagSet) {
