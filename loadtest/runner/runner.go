@@ -214,8 +214,10 @@ func Run(ctx context.Context, cfg Config, op Op) (*Result, error) {
 			}
 		}
 	}
-	last := int(elapsed / time.Second)
-	for i := 0; i < nsec && i <= last; i++ {
+	// Whole seconds only: the last partial one (and the grace tail) would
+	// read as a drop in throughput.
+	last := max(1, int(elapsed/time.Second))
+	for i := 0; i < nsec && i < last; i++ {
 		res.Timeline = append(res.Timeline, Second{Second: i, Requests: perSec[i].Load(), Errors: errSec[i].Load()})
 	}
 	return res, nil

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/loadtest/bench"
 	"github.com/sidemesh/sidemesh/loadtest/hdsload"
 	"github.com/sidemesh/sidemesh/loadtest/httpload"
 	"github.com/sidemesh/sidemesh/loadtest/report"
@@ -27,6 +28,7 @@ func specs() map[string]func() app.Spec {
 		"upstream": httpload.UpstreamSpec,
 		"xds":      xdsload.Spec,
 		"hds":      hdsload.Spec,
+		"bench":    bench.Spec,
 	}
 }
 
