@@ -14,6 +14,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	mt "github.com/sidemesh/sidemesh/proxy/internal/meshtest"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -63,16 +65,16 @@ func (lg *loadGen) stop() {
 // TestConfigChurnUnderLoad pushes 100 route/cluster/endpoint/listener changes
 // while 64 keep-alive clients send requests: not one may fail.
 func TestConfigChurnUnderLoad(t *testing.T) {
-	c := startCP(t)
-	ups := []*upstream{startUpstream(t, "u0"), startUpstream(t, "u1"), startUpstream(t, "u2")}
-	port := freePort(t)
-	build := func(i int) mesh {
+	c := mt.StartCP(t)
+	ups := []*mt.Upstream{mt.StartUpstream(t, "u0"), mt.StartUpstream(t, "u1"), mt.StartUpstream(t, "u2")}
+	port := mt.FreePort(t)
+	build := func(i int) mt.Mesh {
 		w := uint32(i%9 + 1)
 		r := &routev3.Route{Name: "split", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{
 				Clusters: []*routev3.WeightedCluster_ClusterWeight{{Name: "a", Weight: wrapperspb.UInt32(w)}, {Name: "b", Weight: wrapperspb.UInt32(10 - w)}}}}}}}
 		r.ResponseHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-gen", Value: fmt.Sprint(i)}}}
-		ca, cb := edsCluster("a"), edsCluster("b")
+		ca, cb := mt.EDSCluster("a"), mt.EDSCluster("b")
 		if i%3 == 1 {
 			ca.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
 		}
@@ -80,32 +82,32 @@ func TestConfigChurnUnderLoad(t *testing.T) {
 			cb.LbPolicy = clusterv3.Cluster_RANDOM
 		}
 		// Endpoints rotate: each cluster always keeps at least one live host.
-		epsA := []ep{{u: ups[i%3]}}
+		epsA := []mt.EP{{U: ups[i%3]}}
 		if i%2 == 0 {
-			epsA = append(epsA, ep{u: ups[(i+1)%3]})
+			epsA = append(epsA, mt.EP{U: ups[(i+1)%3]})
 		}
-		epsB := []ep{{u: ups[(i+2)%3]}, {u: ups[(i+1)%3], weight: uint32(i%5 + 1)}}
-		l := listener("ingress", port, "r")
+		epsB := []mt.EP{{U: ups[(i+2)%3]}, {U: ups[(i+1)%3], Weight: uint32(i%5 + 1)}}
+		l := mt.Listener("ingress", port, "r")
 		if i%10 == 5 {
-			l = listener("ingress", port, "r") // same address, fresh HCM object
+			l = mt.Listener("ingress", port, "r") // same address, fresh HCM object
 			l.ListenerFilters = nil
 		}
-		return mesh{listeners: []types.Resource{l}, routes: []types.Resource{routeConfig("r", r)},
-			clusters: []types.Resource{ca, cb}, endpoints: []types.Resource{cla("a", epsA...), cla("b", epsB...)}}
+		return mt.Mesh{Listeners: []types.Resource{l}, Routes: []types.Resource{mt.RouteConfig("r", r)},
+			Clusters: []types.Resource{ca, cb}, Endpoints: []types.Resource{mt.CLA("a", epsA...), mt.CLA("b", epsB...)}}
 	}
-	c.push(t, build(0))
+	c.Push(t, build(0))
 	px, _ := runProxy(t, c, false)
 	url := fmt.Sprintf("http://127.0.0.1:%d/churn", port)
-	eventually(t, "proxy serving", func() bool { code, _, _ := get(t, url, nil); return code == 200 })
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, url, nil); return code == 200 })
 	conns := 64
 	if raceEnabled {
 		conns = 8
 	}
 	lg := startLoad(url, conns)
 	for i := 1; i <= 100; i++ {
-		c.push(t, build(i))
+		c.Push(t, build(i))
 		want := fmt.Sprint(i)
-		eventually(t, "generation "+want, func() bool {
+		mt.Eventually(t, "generation "+want, func() bool {
 			rc := px.Snapshot().Resources.Routes["r"]
 			return rc != nil && rc.VirtualHosts[0].Routes[0].ResponseHeadersToAdd[0].Header.Value == want
 		})
@@ -119,7 +121,7 @@ func TestConfigChurnUnderLoad(t *testing.T) {
 		t.Fatalf("only %d requests completed: load did not run", lg.ok.Load())
 	}
 	t.Logf("%d requests, 0 failures across 100 config generations", lg.ok.Load())
-	if _, _, res := get(t, url, nil); res == nil || res.Header.Get("X-Gen") != "100" {
+	if _, _, res := mt.Get(t, url, nil); res == nil || res.Header.Get("X-Gen") != "100" {
 		t.Fatalf("last generation not served")
 	}
 }

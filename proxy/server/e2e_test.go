@@ -14,15 +14,17 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	mt "github.com/sidemesh/sidemesh/proxy/internal/meshtest"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // basicMesh: listener → route "/" → cluster "web" with the given endpoints.
-func basicMesh(port uint32, rc *routev3.RouteConfiguration, clusters []*clusterv3.Cluster, eps ...types.Resource) mesh {
-	m := mesh{listeners: []types.Resource{listener("ingress", port, rc.Name)}, routes: []types.Resource{rc}, endpoints: eps}
+func basicMesh(port uint32, rc *routev3.RouteConfiguration, clusters []*clusterv3.Cluster, eps ...types.Resource) mt.Mesh {
+	m := mt.Mesh{Listeners: []types.Resource{mt.Listener("ingress", port, rc.Name)}, Routes: []types.Resource{rc}, Endpoints: eps}
 	for _, c := range clusters {
-		m.clusters = append(m.clusters, c)
+		m.Clusters = append(m.Clusters, c)
 	}
 	return m
 }
@@ -30,14 +32,14 @@ func basicMesh(port uint32, rc *routev3.RouteConfiguration, clusters []*clusterv
 func TestRoutingHeadersAndCanary(t *testing.T) {
 	for _, sotw := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sotw=%v", sotw), func(t *testing.T) {
-			c := startCP(t)
-			stable, canary, beta := startUpstream(t, "stable"), startUpstream(t, "canary"), startUpstream(t, "beta")
-			port := freePort(t)
-			hdrRoute := routeTo("/", "beta")
+			c := mt.StartCP(t)
+			stable, canary, beta := mt.StartUpstream(t, "stable"), mt.StartUpstream(t, "canary"), mt.StartUpstream(t, "beta")
+			port := mt.FreePort(t)
+			hdrRoute := mt.RouteTo("/", "beta")
 			hdrRoute.Match.Headers = []*routev3.HeaderMatcher{{Name: "x-user", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
 				StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "tester"}}}}}
 			hdrRoute.RequestHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-added", Value: "yes"}}}
-			rw := routeTo("/old/", "stable")
+			rw := mt.RouteTo("/old/", "stable")
 			rw.GetRoute().PrefixRewrite = "/new/"
 			split := &routev3.Route{Name: "split", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{
@@ -46,15 +48,15 @@ func TestRoutingHeadersAndCanary(t *testing.T) {
 				Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 418, Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "teapot"}}}}}
 			redirect := &routev3.Route{Name: "redir", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/moved"}},
 				Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{PathRewriteSpecifier: &routev3.RedirectAction_PathRedirect{PathRedirect: "/here"}}}}
-			rc := routeConfig("r1", direct, redirect, hdrRoute, rw, split)
-			c.push(t, basicMesh(port, rc, []*clusterv3.Cluster{edsCluster("stable"), edsCluster("canary"), edsCluster("beta")},
-				cla("stable", ep{u: stable}), cla("canary", ep{u: canary}), cla("beta", ep{u: beta})))
+			rc := mt.RouteConfig("r1", direct, redirect, hdrRoute, rw, split)
+			c.Push(t, basicMesh(port, rc, []*clusterv3.Cluster{mt.EDSCluster("stable"), mt.EDSCluster("canary"), mt.EDSCluster("beta")},
+				mt.CLA("stable", mt.EP{U: stable}), mt.CLA("canary", mt.EP{U: canary}), mt.CLA("beta", mt.EP{U: beta})))
 			runProxy(t, c, sotw)
 			base := fmt.Sprintf("http://127.0.0.1:%d", port)
-			eventually(t, "proxy serving", func() bool { code, _, _ := get(t, base+"/x", nil); return code == 200 })
+			mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, base+"/x", nil); return code == 200 })
 
 			// Header match wins over the split, and adds a header.
-			code, who, res := get(t, base+"/x", map[string]string{"x-user": "tester", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+			code, who, res := mt.Get(t, base+"/x", map[string]string{"x-user": "tester", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
 			if code != 200 || who != "beta" {
 				t.Fatalf("header route: got %d from %q", code, who)
 			}
@@ -65,11 +67,11 @@ func TestRoutingHeadersAndCanary(t *testing.T) {
 				t.Fatalf("traceparent or upstream service time missing")
 			}
 			// Prefix rewrite.
-			if _, _, res := get(t, base+"/old/page", nil); res == nil || res.Header.Get("X-Seen-Path") != "/new/page" {
+			if _, _, res := mt.Get(t, base+"/old/page", nil); res == nil || res.Header.Get("X-Seen-Path") != "/new/page" {
 				t.Fatalf("prefix rewrite: %v", res)
 			}
 			// Direct response and redirect.
-			if code, _, _ := get(t, base+"/direct", nil); code != 418 {
+			if code, _, _ := mt.Get(t, base+"/direct", nil); code != 418 {
 				t.Fatalf("direct response: %d", code)
 			}
 			req, _ := http.NewRequest("GET", base+"/moved", nil)
@@ -82,7 +84,7 @@ func TestRoutingHeadersAndCanary(t *testing.T) {
 			// 80/20 split: 1000 requests, canary share within 4.5 sigma of 20%.
 			n, canaryN := 1000, 0
 			for i := 0; i < n; i++ {
-				code, who, _ := get(t, base+"/split", nil)
+				code, who, _ := mt.Get(t, base+"/split", nil)
 				if code != 200 {
 					t.Fatalf("split request %d: %d", i, code)
 				}
@@ -98,41 +100,41 @@ func TestRoutingHeadersAndCanary(t *testing.T) {
 }
 
 func TestRetriesAndPerTryTimeout(t *testing.T) {
-	c := startCP(t)
-	a, b := startUpstream(t, "a"), startUpstream(t, "b")
-	port := freePort(t)
-	r := routeTo("/", "svc")
+	c := mt.StartCP(t)
+	a, b := mt.StartUpstream(t, "a"), mt.StartUpstream(t, "b")
+	port := mt.FreePort(t)
+	r := mt.RouteTo("/", "svc")
 	r.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx,connect-failure", NumRetries: wrapperspb.UInt32(2),
 		PerTryTimeout: durationpb.New(200 * time.Millisecond),
 		RetryBackOff:  &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(5 * time.Millisecond)}}
-	c.push(t, basicMesh(port, routeConfig("r", r), []*clusterv3.Cluster{edsCluster("svc")}, cla("svc", ep{u: a})))
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", r), []*clusterv3.Cluster{mt.EDSCluster("svc")}, mt.CLA("svc", mt.EP{U: a})))
 	runProxy(t, c, false)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	eventually(t, "proxy serving", func() bool { code, _, _ := get(t, base, nil); return code == 200 })
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 200 })
 
 	// 503 twice, then success: the client sees one 200.
-	a.failNext.Store(2)
-	before := a.hits.Load()
-	if code, _, _ := get(t, base, nil); code != 200 {
+	a.FailNext.Store(2)
+	before := a.Hits.Load()
+	if code, _, _ := mt.Get(t, base, nil); code != 200 {
 		t.Fatalf("retried request: %d", code)
 	}
-	if got := a.hits.Load() - before; got != 3 {
+	if got := a.Hits.Load() - before; got != 3 {
 		t.Fatalf("upstream saw %d tries, want 3", got)
 	}
 	// Three 503s exceed num_retries=2: the client sees the 503.
-	a.failNext.Store(3)
-	if code, _, _ := get(t, base, nil); code != 503 {
+	a.FailNext.Store(3)
+	if code, _, _ := mt.Get(t, base, nil); code != 503 {
 		t.Fatalf("exhausted retries: %d", code)
 	}
-	a.failNext.Store(0)
+	a.FailNext.Store(0)
 
 	// Per-try timeout: a slow host, then a fast one via retry.
-	a.delay.Store(int64(2 * time.Second))
-	c.push(t, basicMesh(port, routeConfig("r", r), []*clusterv3.Cluster{edsCluster("svc")}, cla("svc", ep{u: a}, ep{u: b})))
-	eventually(t, "two endpoints", func() bool { _, who, _ := get(t, base, nil); return who == "b" })
+	a.Delay.Store(int64(2 * time.Second))
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", r), []*clusterv3.Cluster{mt.EDSCluster("svc")}, mt.CLA("svc", mt.EP{U: a}, mt.EP{U: b})))
+	mt.Eventually(t, "two endpoints", func() bool { _, who, _ := mt.Get(t, base, nil); return who == "b" })
 	for i := 0; i < 10; i++ {
 		start := time.Now()
-		code, who, _ := get(t, base, nil)
+		code, who, _ := mt.Get(t, base, nil)
 		if code != 200 || who != "b" {
 			t.Fatalf("per-try timeout retry: %d from %q", code, who)
 		}
@@ -141,28 +143,28 @@ func TestRetriesAndPerTryTimeout(t *testing.T) {
 		}
 	}
 	// Only the slow host: the per-try timeouts exhaust retries → 504.
-	c.push(t, basicMesh(port, routeConfig("r", r), []*clusterv3.Cluster{edsCluster("svc")}, cla("svc", ep{u: a})))
-	eventually(t, "only slow host", func() bool { code, _, _ := get(t, base, nil); return code == 504 })
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", r), []*clusterv3.Cluster{mt.EDSCluster("svc")}, mt.CLA("svc", mt.EP{U: a})))
+	mt.Eventually(t, "only slow host", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 504 })
 }
 
 func TestCircuitBreakerOverflow(t *testing.T) {
-	c := startCP(t)
-	a := startUpstream(t, "a")
-	a.delay.Store(int64(300 * time.Millisecond))
-	port := freePort(t)
-	cl := edsCluster("svc")
+	c := mt.StartCP(t)
+	a := mt.StartUpstream(t, "a")
+	a.Delay.Store(int64(300 * time.Millisecond))
+	port := mt.FreePort(t)
+	cl := mt.EDSCluster("svc")
 	cl.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{MaxRequests: wrapperspb.UInt32(2)}}}
-	c.push(t, basicMesh(port, routeConfig("r", routeTo("/", "svc")), []*clusterv3.Cluster{cl}, cla("svc", ep{u: a})))
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", mt.RouteTo("/", "svc")), []*clusterv3.Cluster{cl}, mt.CLA("svc", mt.EP{U: a})))
 	runProxy(t, c, false)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	eventually(t, "proxy serving", func() bool { code, _, _ := get(t, base, nil); return code == 200 })
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 200 })
 	var ok, overflow, other atomic.Int64
 	var wg sync.WaitGroup
 	for i := 0; i < 8; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			code, _, res := get(t, base, nil)
+			code, _, res := mt.Get(t, base, nil)
 			switch {
 			case code == 200:
 				ok.Add(1)
@@ -180,66 +182,66 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 }
 
 func TestOutlierEjectionAndUnhealthyEndpoint(t *testing.T) {
-	c := startCP(t)
-	good, bad := startUpstream(t, "good"), startUpstream(t, "bad")
-	bad.status.Store(500)
-	port := freePort(t)
-	cl := edsCluster("svc")
+	c := mt.StartCP(t)
+	good, bad := mt.StartUpstream(t, "good"), mt.StartUpstream(t, "bad")
+	bad.Status.Store(500)
+	port := mt.FreePort(t)
+	cl := mt.EDSCluster("svc")
 	cl.OutlierDetection = &clusterv3.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(3), BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionPercent: wrapperspb.UInt32(50)}
-	c.push(t, basicMesh(port, routeConfig("r", routeTo("/", "svc")), []*clusterv3.Cluster{cl}, cla("svc", ep{u: good}, ep{u: bad})))
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", mt.RouteTo("/", "svc")), []*clusterv3.Cluster{cl}, mt.CLA("svc", mt.EP{U: good}, mt.EP{U: bad})))
 	runProxy(t, c, false)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	eventually(t, "proxy serving", func() bool { code, _, _ := get(t, base, nil); return code == 200 })
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 200 })
 	// Round robin alternates: after 3 consecutive 500s the bad host is ejected.
 	for i := 0; i < 10; i++ {
-		get(t, base, nil)
+		mt.Get(t, base, nil)
 	}
-	hitsBad := bad.hits.Load()
+	hitsBad := bad.Hits.Load()
 	if hitsBad < 3 {
 		t.Fatalf("bad host got %d requests before ejection, want ≥3", hitsBad)
 	}
 	for i := 0; i < 50; i++ {
-		if code, who, _ := get(t, base, nil); code != 200 || who != "good" {
+		if code, who, _ := mt.Get(t, base, nil); code != 200 || who != "good" {
 			t.Fatalf("after ejection: %d from %q", code, who)
 		}
 	}
-	if bad.hits.Load() != hitsBad {
-		t.Fatalf("ejected host still got %d requests", bad.hits.Load()-hitsBad)
+	if bad.Hits.Load() != hitsBad {
+		t.Fatalf("ejected host still got %d requests", bad.Hits.Load()-hitsBad)
 	}
 
-	// EDS health: a host marked UNHEALTHY gets nothing.
-	bad.status.Store(0)
-	third := startUpstream(t, "third")
-	c.push(t, basicMesh(port, routeConfig("r", routeTo("/", "svc")), []*clusterv3.Cluster{cl},
-		cla("svc", ep{u: good}, ep{u: third, health: corev3.HealthStatus_UNHEALTHY}, ep{u: startUpstream(t, "fourth")})))
-	eventually(t, "fourth in rotation", func() bool { _, who, _ := get(t, base, nil); return who == "fourth" })
+	// EDS Health: a host marked UNHEALTHY gets nothing.
+	bad.Status.Store(0)
+	third := mt.StartUpstream(t, "third")
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", mt.RouteTo("/", "svc")), []*clusterv3.Cluster{cl},
+		mt.CLA("svc", mt.EP{U: good}, mt.EP{U: third, Health: corev3.HealthStatus_UNHEALTHY}, mt.EP{U: mt.StartUpstream(t, "fourth")})))
+	mt.Eventually(t, "fourth in rotation", func() bool { _, who, _ := mt.Get(t, base, nil); return who == "fourth" })
 	for i := 0; i < 60; i++ {
-		if code, who, _ := get(t, base, nil); code != 200 || who == "third" {
+		if code, who, _ := mt.Get(t, base, nil); code != 200 || who == "third" {
 			t.Fatalf("unhealthy endpoint used: %d from %q", code, who)
 		}
 	}
-	if third.hits.Load() != 0 {
-		t.Fatalf("unhealthy endpoint got %d requests", third.hits.Load())
+	if third.Hits.Load() != 0 {
+		t.Fatalf("unhealthy endpoint got %d requests", third.Hits.Load())
 	}
 }
 
 func TestNackKeepsLastGood(t *testing.T) {
-	c := startCP(t)
-	a := startUpstream(t, "a")
-	port := freePort(t)
-	good := mesh{listeners: []types.Resource{listener("l", port, "r")}, routes: []types.Resource{routeConfig("r", routeTo("/", "svc"))},
-		clusters: []types.Resource{edsCluster("svc")}, endpoints: []types.Resource{cla("svc", ep{u: a})}}
-	c.push(t, good)
+	c := mt.StartCP(t)
+	a := mt.StartUpstream(t, "a")
+	port := mt.FreePort(t)
+	good := mt.Mesh{Listeners: []types.Resource{mt.Listener("l", port, "r")}, Routes: []types.Resource{mt.RouteConfig("r", mt.RouteTo("/", "svc"))},
+		Clusters: []types.Resource{mt.EDSCluster("svc")}, Endpoints: []types.Resource{mt.CLA("svc", mt.EP{U: a})}}
+	c.Push(t, good)
 	_, xc := runProxy(t, c, false)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	eventually(t, "proxy serving", func() bool { code, _, _ := get(t, base, nil); return code == 200 })
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 200 })
 
 	// A route with an invalid regex passes proto validation but not ours.
-	bad := routeConfig("r", &routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "(["}}},
+	bad := mt.RouteConfig("r", &routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "(["}}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "svc"}}}})
-	c.push(t, mesh{listeners: good.listeners, routes: []types.Resource{bad}, clusters: good.clusters, endpoints: good.endpoints})
-	eventually(t, "NACK at the server", func() bool { return len(c.nackList()) > 0 })
-	msg := c.nackList()[0]
+	c.Push(t, mt.Mesh{Listeners: good.Listeners, Routes: []types.Resource{bad}, Clusters: good.Clusters, Endpoints: good.Endpoints})
+	mt.Eventually(t, "NACK at the server", func() bool { return len(c.NackList()) > 0 })
+	msg := c.NackList()[0]
 	if !strings.Contains(msg, "regex") || !strings.Contains(msg, `"r"`) {
 		t.Fatalf("NACK detail should name the route config and the regex: %q", msg)
 	}
@@ -247,13 +249,13 @@ func TestNackKeepsLastGood(t *testing.T) {
 		t.Fatalf("client status has no NACK: %+v", st)
 	}
 	for i := 0; i < 20; i++ {
-		if code, _, _ := get(t, base, nil); code != 200 {
+		if code, _, _ := mt.Get(t, base, nil); code != 200 {
 			t.Fatalf("after NACK: %d", code)
 		}
 	}
 	// A fixed config is accepted again.
-	fixed := routeConfig("r", routeTo("/", "svc"))
+	fixed := mt.RouteConfig("r", mt.RouteTo("/", "svc"))
 	fixed.VirtualHosts[0].Routes[0].ResponseHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-fixed", Value: "1"}}}
-	c.push(t, mesh{listeners: good.listeners, routes: []types.Resource{fixed}, clusters: good.clusters, endpoints: good.endpoints})
-	eventually(t, "fixed config", func() bool { _, _, res := get(t, base, nil); return res != nil && res.Header.Get("X-Fixed") == "1" })
+	c.Push(t, mt.Mesh{Listeners: good.Listeners, Routes: []types.Resource{fixed}, Clusters: good.Clusters, Endpoints: good.Endpoints})
+	mt.Eventually(t, "fixed config", func() bool { _, _, res := mt.Get(t, base, nil); return res != nil && res.Header.Get("X-Fixed") == "1" })
 }

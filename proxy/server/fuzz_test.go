@@ -18,6 +18,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
+	mt "github.com/sidemesh/sidemesh/proxy/internal/meshtest"
 	"github.com/sidemesh/sidemesh/proxy/server"
 	"github.com/sidemesh/sidemesh/proxy/stats"
 	"github.com/sidemesh/sidemesh/proxy/xds"
@@ -64,13 +65,13 @@ func FuzzHTTP1Request(f *testing.F) {
 	pw := &panicWatch{}
 	px := server.New(server.Options{Log: slog.New(pw), Metrics: stats.New(nil), DrainTimeout: time.Second})
 	r := xds.NewResources()
-	l := listener("fuzz", port, "r")
+	l := mt.Listener("fuzz", port, "r")
 	r.Listeners = map[string]*listenerv3.Listener{"fuzz": l}
-	r.Routes = map[string]*routev3.RouteConfiguration{"r": routeConfig("r", routeTo("/", "svc"))}
-	c := edsCluster("svc")
+	r.Routes = map[string]*routev3.RouteConfiguration{"r": mt.RouteConfig("r", mt.RouteTo("/", "svc"))}
+	c := mt.EDSCluster("svc")
 	c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 	c.EdsClusterConfig = nil
-	c.LoadAssignment = cla("svc", ep{port: up})
+	c.LoadAssignment = mt.CLA("svc", mt.EP{Port: up})
 	r.Clusters = map[string]*clusterv3.Cluster{"svc": c}
 	if err := px.Apply(context.Background(), r); err != nil {
 		f.Fatal(err)
