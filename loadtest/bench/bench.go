@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sidemesh/sidemesh/internal/app"
+	"github.com/sidemesh/sidemesh/loadtest/harness"
 	"github.com/sidemesh/sidemesh/loadtest/hdsload"
 	"github.com/sidemesh/sidemesh/loadtest/httpload"
 	"github.com/sidemesh/sidemesh/loadtest/report"
@@ -146,7 +147,7 @@ func (b *Bench) rls(ctx context.Context, logs string) {
 	var noopCost float64
 	if b.want("rls-noop") {
 		e := b.add("rls-noop", "RLS baseline: bare grpc-go ShouldRateLimit server answering OK")
-		addr, _ := freeAddr()
+		addr, _ := harness.FreeAddr()
 		p, err := startProc(logs, "noop-rls", b.Self, "noop-rls", "--addr", addr, "--admin-addr", "127.0.0.1:0")
 		if err == nil {
 			err = p.waitPort(ctx, addr, 15*time.Second)
@@ -173,7 +174,7 @@ func (b *Bench) rls(ctx context.Context, logs string) {
 		b.skip(e, "no %s/rls (run make build)", b.Bin)
 		return
 	}
-	raddr, _ := freeAddr()
+	raddr, _ := harness.FreeAddr()
 	_, rport, _ := strings.Cut(raddr, ":")
 	redis, err := startProc(logs, "redis", b.Redis, "--port", rport, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	if err == nil {
@@ -188,8 +189,8 @@ func (b *Bench) rls(ctx context.Context, logs string) {
 	os.MkdirAll(rules, 0o755)
 	os.WriteFile(filepath.Join(rules, "bench.yaml"), []byte(
 		"domain: bench\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 1000000000}\n  - key: tight\n    rate_limit: {unit: minute, requests_per_unit: 5}\n"), 0o644)
-	gaddr, _ := freeAddr()
-	aaddr, _ := freeAddr()
+	gaddr, _ := harness.FreeAddr()
+	aaddr, _ := harness.FreeAddr()
 	rls, err := startProc(logs, "rls", b.bin("rls"), "--grpc-addr", gaddr, "--admin-addr", aaddr, "--rules", rules, "--backend", "redis", "--redis-url", "redis://"+raddr+"/0")
 	if err == nil {
 		defer rls.stop()
@@ -237,7 +238,7 @@ func (b *Bench) http(ctx context.Context, logs string) {
 			continue
 		}
 		e := b.add(name, title)
-		addr, _ := freeAddr()
+		addr, _ := harness.FreeAddr()
 		p, err := startProc(logs, "upstream", b.Self, "upstream", "--addr", addr, "--admin-addr", "127.0.0.1:0")
 		if err == nil {
 			err = p.waitPort(ctx, addr, 15*time.Second)
@@ -274,8 +275,8 @@ func (b *Bench) xds(ctx context.Context, logs string) {
 			e.Err = fmt.Errorf("generating the model failed")
 			continue
 		}
-		xaddr, _ := freeAddr()
-		aaddr, _ := freeAddr()
+		xaddr, _ := harness.FreeAddr()
+		aaddr, _ := harness.FreeAddr()
 		cp, err := startProc(logs, "controlplane-"+mode, b.bin("controlplane"), "--xds-addr", xaddr, "--admin-addr", aaddr, "--model", model)
 		if err == nil {
 			err = cp.waitPort(ctx, xaddr, 20*time.Second)

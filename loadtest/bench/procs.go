@@ -75,12 +75,3 @@ func (p *proc) stop() {
 		<-p.exited
 	}
 }
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}

@@ -240,3 +240,14 @@ func Params(fs *pflag.FlagSet) map[string]string {
 	})
 	return m
 }
+
+// FreeAddr returns a loopback address with a port free at the time of the
+// call (for child processes that need their port on the command line).
+func FreeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}

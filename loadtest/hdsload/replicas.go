@@ -3,7 +3,6 @@ package hdsload
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sidemesh/sidemesh/loadtest/harness"
 )
 
 // Replica is one HDS process started by the harness.
@@ -24,15 +25,6 @@ type Replica struct {
 // PID is the replica's process id.
 func (r *Replica) PID() int { return r.cmd.Process.Pid }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 // StartReplicas starts n HDS replicas from bin on loopback, joined into one
 // ring and reading clustersFile, with logs in dir, and waits until each
 // answers /ready.
@@ -45,7 +37,7 @@ func StartReplicas(ctx context.Context, bin string, n int, clustersFile, dir str
 	for i := range n {
 		r := &Replica{Name: fmt.Sprintf("hds-lt-%d", i)}
 		for _, p := range []*string{&r.GRPC, &r.Admin, &r.Gossip} {
-			a, err := freeAddr()
+			a, err := harness.FreeAddr()
 			if err != nil {
 				return fail(err)
 			}
