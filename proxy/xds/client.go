@@ -76,8 +76,28 @@ func New(cfg Config, a Applier) *Client {
 		lastVer: map[string]string{}, lastNack: map[string]string{}}
 }
 
-// Ready reports whether listeners and clusters have been received once.
-func (c *Client) Ready() bool { return c.gotLDS.Load() && c.gotCDS.Load() }
+// Ready reports whether the initial config is complete, as Envoy's
+// initialization: listeners and clusters received, and every route config
+// and endpoint set they reference present.
+func (c *Client) Ready() bool {
+	if !c.gotLDS.Load() || !c.gotCDS.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rds, eds := references(c.state)
+	for _, n := range rds {
+		if _, ok := c.state.Routes[n]; !ok {
+			return false
+		}
+	}
+	for _, n := range eds {
+		if _, ok := c.state.Endpoints[n]; !ok {
+			return false
+		}
+	}
+	return true
+}
 
 // Connected reports whether a stream is up.
 func (c *Client) Connected() bool { return c.connected.Load() }
