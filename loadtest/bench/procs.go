@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -50,13 +51,13 @@ func (p *proc) waitPort(ctx context.Context, addr string, timeout time.Duration)
 		}
 		select {
 		case <-p.exited:
-			return fmt.Errorf("%s exited before listening on %s (log: %s)", p.name, addr, p.log)
+			return fmt.Errorf("%s exited before listening on %s: %s", p.name, addr, p.tail())
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not listening on %s after %s (log: %s)", p.name, addr, timeout, p.log)
+			return fmt.Errorf("%s not listening on %s after %s: %s", p.name, addr, timeout, p.tail())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -74,4 +75,18 @@ func (p *proc) stop() {
 		p.cmd.Process.Kill()
 		<-p.exited
 	}
+}
+
+// tail is the end of the process's log, for error notes (the log directory
+// is removed after the run).
+func (p *proc) tail() string {
+	b, _ := os.ReadFile(p.log)
+	s := strings.TrimSpace(string(b))
+	if len(s) > 300 {
+		s = "…" + s[len(s)-300:]
+	}
+	if s == "" {
+		return "no output"
+	}
+	return "last output: " + s
 }
