@@ -106,14 +106,14 @@ func TestThreeReplicasCoverageDeathAndKill(t *testing.T) {
 	// A replica crashes.
 	h.kill(0)
 	took = eventually(t, 30*time.Second, "coverage restored after replica kill", func() bool {
+		for _, c := range cs {
+			if c.Stats().ConnectedTo == h.nodes[0].addr {
+				return false
+			}
+		}
 		return exactCoverage(snap, cs, 2) && h.agree()
 	})
 	t.Logf("replica SIGKILL-equivalent → every endpoint covered by k connected checkers again in %v", took.Round(time.Millisecond))
-	for _, c := range cs {
-		if c.Stats().ConnectedTo == h.nodes[0].addr {
-			t.Fatalf("a client still on the dead replica")
-		}
-	}
 	// And checked: verdicts stay fresh, nothing went UNKNOWN for good.
 	eventually(t, 20*time.Second, "all verdicts HEALTHY on survivors", func() bool {
 		for _, e := range snap.Endpoints() {

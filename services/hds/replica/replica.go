@@ -348,6 +348,10 @@ func (r *Replica) recompute() {
 			upd.Removed = append(upd.Removed, k)
 		}
 	}
+	var counts [3]int
+	for _, v := range r.verdicts {
+		counts[min(int(v.Verdict), 2)]++
+	}
 	sessions := make([]*session, 0, len(r.sessions))
 	for _, s := range r.sessions {
 		sessions = append(sessions, s)
@@ -365,6 +369,9 @@ func (r *Replica) recompute() {
 		s.notify()
 	}
 	r.met.update(asg, proxies, members, len(sessions), suspects)
+	for i, n := range counts {
+		r.met.verdicts.WithLabelValues(verdict.Verdict(i).String()).Set(float64(n))
+	}
 }
 
 // sweep marks local proxies stale when they stop reporting, and re-asserts

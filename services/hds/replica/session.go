@@ -238,20 +238,22 @@ func (s *session) Report(resp *healthv3.EndpointHealthResponse) {
 		s.r.ring.PublishProxy(s.entry(false))
 	}
 	me := s.r.Name()
+	var batch []ring.VoteEntry
 	for _, w := range writes {
 		if cur, ok := s.r.state.Vote(w.ep, s.id); ok && cur.Status == uint8(w.st) {
 			continue
 		}
-		s.r.ring.PublishVote(ring.VoteEntry{Endpoint: w.ep, Checker: s.id, Status: uint8(w.st), TS: s.r.state.Now(), Origin: me})
+		batch = append(batch, ring.VoteEntry{Endpoint: w.ep, Checker: s.id, Status: uint8(w.st), TS: s.r.state.Now(), Origin: me})
 	}
 	// Withdraw votes on endpoints this proxy no longer checks.
 	for _, v := range s.r.state.VotesOf(s.id) {
 		if !assigned[v.Endpoint] {
 			if _, still := got[v.Endpoint]; !still {
-				s.r.ring.PublishVote(ring.VoteEntry{Endpoint: v.Endpoint, Checker: s.id, Status: 0, TS: s.r.state.Now(), Origin: me})
+				batch = append(batch, ring.VoteEntry{Endpoint: v.Endpoint, Checker: s.id, Status: 0, TS: s.r.state.Now(), Origin: me})
 			}
 		}
 	}
+	s.r.ring.PublishVotes(batch)
 }
 
 func reportKey(cluster string, e *healthv3.EndpointHealth) (string, bool) {

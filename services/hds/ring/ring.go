@@ -3,6 +3,7 @@ package ring
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	stdlog "log"
 	"log/slog"
@@ -97,8 +98,15 @@ type Ring struct {
 	Stats Stats
 	addr  string
 
-	mu     sync.Mutex
-	closed bool
+	mu      sync.Mutex
+	closed  bool
+	pending fullState // local changes waiting for the next direct batch
+	// peers are copies of alive and suspect members, kept from memberlist's
+	// events: the *Node values Members() returns are mutated by memberlist
+	// without a lock we could take.
+	peers map[string]memberlist.Node
+	stop    chan struct{}
+	wake    chan struct{}
 }
 
 // Start creates the memberlist node and joins the seeds (failing to reach
@@ -114,7 +122,7 @@ func Start(cfg Config, state *State) (*Ring, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Ring{cfg: cfg, state: state, log: log}
+	r := &Ring{cfg: cfg, state: state, log: log, stop: make(chan struct{}), wake: make(chan struct{}, 1), peers: map[string]memberlist.Node{}}
 	if r.cfg.OnChange == nil {
 		r.cfg.OnChange = func() {}
 	}
@@ -173,6 +181,7 @@ func Start(cfg Config, state *State) (*Ring, error) {
 	r.ml = ml
 	r.mu.Unlock()
 	r.join()
+	go r.directLoop()
 	return r, nil
 }
 
@@ -195,17 +204,29 @@ func (r *Ring) Name() string { return r.cfg.Name }
 // State is the shared state.
 func (r *Ring) State() *State { return r.state }
 
-// Members returns the names of alive and suspect members (self included), sorted.
+// Members returns the names of alive and suspect members (self included),
+// sorted. Suspects still count: they often refute, and dropping them would
+// move their proxies' work back and forth.
 func (r *Ring) Members() []string {
-	var out []string
-	for _, n := range r.ml.Members() {
-		// Suspects still count: they often refute, and dropping them would
-		// move their proxies' work back and forth.
-		if n.State == memberlist.StateAlive || n.State == memberlist.StateSuspect {
-			out = append(out, n.Name)
+	r.mu.Lock()
+	out := make([]string, 0, len(r.peers))
+	for n := range r.peers {
+		out = append(out, n)
+	}
+	r.mu.Unlock()
+	sort.Strings(out)
+	return out
+}
+
+func (r *Ring) peerList() []memberlist.Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]memberlist.Node, 0, len(r.peers))
+	for _, n := range r.peers {
+		if n.Name != r.cfg.Name {
+			out = append(out, n)
 		}
 	}
-	sort.Strings(out)
 	return out
 }
 
@@ -245,19 +266,105 @@ func (r *Ring) Run(ctx context.Context) error {
 	}
 }
 
+// smallBatch is the most entries a local change may have to also travel
+// as UDP broadcasts (epidemic, re-broadcast on first receipt). Every local
+// change also goes to each member directly over TCP in coalesced batches:
+// gossip moves only about a packet of entries per peer per gossip interval,
+// which a fleet start (thousands of votes at once) would queue for minutes.
+const smallBatch = 16
+
 // PublishProxy writes a local proxy entry and gossips it.
 func (r *Ring) PublishProxy(e ProxyEntry) {
 	if r.state.MergeProxy(e) {
 		r.broadcast("p/"+e.ID, encodeProxy(e))
+		r.enqueue(fullState{Proxies: []ProxyEntry{e}})
 		r.cfg.OnChange()
 	}
 }
 
-// PublishVote writes a local vote and gossips it.
-func (r *Ring) PublishVote(e VoteEntry) {
-	if r.state.MergeVote(e) {
-		r.broadcast("v/"+e.Endpoint+"|"+e.Checker, encodeVote(e))
-		r.cfg.OnChange()
+// PublishVote writes one local vote and gossips it.
+func (r *Ring) PublishVote(e VoteEntry) { r.PublishVotes([]VoteEntry{e}) }
+
+// PublishVotes writes local votes and gossips the ones that changed.
+func (r *Ring) PublishVotes(vs []VoteEntry) {
+	var changed []VoteEntry
+	for _, e := range vs {
+		if r.state.MergeVote(e) {
+			changed = append(changed, e)
+		}
+	}
+	if len(changed) == 0 {
+		return
+	}
+	if len(changed) <= smallBatch {
+		for _, e := range changed {
+			r.broadcast("v/"+e.Endpoint+"|"+e.Checker, encodeVote(e))
+		}
+	}
+	r.enqueue(fullState{Votes: changed})
+	r.cfg.OnChange()
+}
+
+func (r *Ring) enqueue(fs fullState) {
+	r.mu.Lock()
+	r.pending.Proxies = append(r.pending.Proxies, fs.Proxies...)
+	r.pending.Votes = append(r.pending.Votes, fs.Votes...)
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// directBatch bounds one reliable message (memberlist accepts up to 20 MiB).
+const directBatch = 2000
+
+// directLoop sends pending local changes to every other member over TCP,
+// coalescing for a gossip interval. Receivers merge without re-sending (each
+// member got its own copy); a member that missed a batch catches up at the
+// next push/pull.
+func (r *Ring) directLoop() {
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.wake:
+		}
+		select {
+		case <-r.stop:
+			return
+		case <-time.After(r.cfg.Timings.GossipInterval):
+		}
+		r.mu.Lock()
+		fs := r.pending
+		r.pending = fullState{}
+		ml := r.ml
+		r.mu.Unlock()
+		var msgs [][]byte
+		for len(fs.Proxies)+len(fs.Votes) > 0 {
+			var chunk fullState
+			n := min(len(fs.Proxies), directBatch)
+			chunk.Proxies, fs.Proxies = fs.Proxies[:n], fs.Proxies[n:]
+			m := min(len(fs.Votes), directBatch-n)
+			chunk.Votes, fs.Votes = fs.Votes[:m], fs.Votes[m:]
+			b, _ := json.Marshal(chunk)
+			msgs = append(msgs, append([]byte{msgBatch}, b...))
+		}
+		var wg sync.WaitGroup
+		for _, n := range r.peerList() {
+			wg.Add(1)
+			go func(n *memberlist.Node) {
+				defer wg.Done()
+				for _, m := range msgs {
+					if err := ml.SendReliable(n, m); err != nil {
+						r.log.Debug("gossip: direct batch failed; push/pull will catch up", "member", n.Name, "err", err)
+						return
+					}
+					r.Stats.BytesOut.Add(int64(len(m)))
+				}
+			}(&n)
+		}
+		wg.Wait()
 	}
 }
 
@@ -280,6 +387,7 @@ func (r *Ring) Leave(timeout time.Duration) error {
 		return nil
 	}
 	r.closed = true
+	close(r.stop)
 	r.mu.Unlock()
 	err := r.ml.Leave(timeout)
 	if serr := r.ml.Shutdown(); err == nil {
@@ -294,6 +402,7 @@ func (r *Ring) Kill() {
 	defer r.mu.Unlock()
 	if !r.closed {
 		r.closed = true
+		close(r.stop)
 		_ = r.ml.Shutdown()
 	}
 }
@@ -318,6 +427,18 @@ func (d *delegate) NodeMeta(int) []byte { return nil }
 func (d *delegate) NotifyMsg(b []byte) {
 	r := (*Ring)(d)
 	r.Stats.BytesIn.Add(int64(len(b)))
+	if len(b) > 0 && b[0] == msgBatch {
+		n, err := r.state.MergeEncoded(b[1:])
+		if err != nil {
+			r.log.Warn("gossip: bad batch dropped", "err", err)
+			return
+		}
+		if n > 0 {
+			r.Stats.Merges.Add(int64(n))
+			r.cfg.OnChange()
+		}
+		return
+	}
 	m, err := decodeMsg(b)
 	if err != nil {
 		r.log.Warn("gossip: bad message dropped", "err", err)
@@ -371,16 +492,30 @@ func (d *delegate) MergeRemoteState(buf []byte, _ bool) {
 type events Ring
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
-	(*Ring)(e).log.Info("ring member joined", "member", n.Name, "addr", n.Address())
-	(*Ring)(e).cfg.OnChange()
+	r := (*Ring)(e)
+	r.mu.Lock()
+	r.peers[n.Name] = memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}
+	r.mu.Unlock()
+	r.log.Info("ring member joined", "member", n.Name, "addr", n.Address())
+	r.cfg.OnChange()
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
-	(*Ring)(e).log.Info("ring member left", "member", n.Name, "addr", n.Address())
-	(*Ring)(e).cfg.OnChange()
+	r := (*Ring)(e)
+	r.mu.Lock()
+	delete(r.peers, n.Name)
+	r.mu.Unlock()
+	r.log.Info("ring member left", "member", n.Name, "addr", n.Address())
+	r.cfg.OnChange()
 }
 
-func (e *events) NotifyUpdate(*memberlist.Node) { (*Ring)(e).cfg.OnChange() }
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	r := (*Ring)(e)
+	r.mu.Lock()
+	r.peers[n.Name] = memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}
+	r.mu.Unlock()
+	r.cfg.OnChange()
+}
 
 // logWriter routes memberlist's "[LEVEL] memberlist: ..." lines to slog.
 type logWriter struct{ log *slog.Logger }

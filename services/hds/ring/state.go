@@ -249,6 +249,7 @@ func (s *State) GC(horizon time.Duration) int {
 const (
 	msgProxy byte = 'p'
 	msgVote  byte = 'v'
+	msgBatch byte = 'b' // a fullState of local changes, sent directly
 )
 
 type fullState struct {
