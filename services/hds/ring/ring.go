@@ -105,8 +105,8 @@ type Ring struct {
 	// events: the *Node values Members() returns are mutated by memberlist
 	// without a lock we could take.
 	peers map[string]memberlist.Node
-	stop    chan struct{}
-	wake    chan struct{}
+	stop  chan struct{}
+	wake  chan struct{}
 }
 
 // Start creates the memberlist node and joins the seeds (failing to reach
