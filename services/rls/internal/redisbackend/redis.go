@@ -9,7 +9,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -62,12 +61,16 @@ type Redis struct {
 	breakerG   prometheus.GaugeFunc
 }
 
+// call is one request's part for one hash slot (the whole request outside
+// Cluster mode).
 type call struct {
+	slot int
 	keys []string
-	args []any
+	args []any // now, item count, 6 numbers per item (see script.lua)
 	idx  []int // item indexes this call covers
-	res  []any
-	err  error
+	// Filled by the executor:
+	reply string // "rejected:over,A,B,..." for this call
+	err   error
 }
 
 type job struct {
@@ -160,14 +163,13 @@ func (r *Redis) Check(ctx context.Context, now time.Time, items []limiter.Item, 
 	nowUS := now.UnixMicro()
 	j := r.jobPool.Get().(*job)
 	j.calls = r.buildCalls(j.calls[:0], now, nowUS, items)
-	timer := time.NewTimer(r.opts.Timeout + r.opts.BatchWait + 50*time.Millisecond)
-	defer timer.Stop()
+	// No timer per call: an executor finishes every pipeline within Timeout,
+	// so a queued job is answered within its wait in the queue plus Timeout;
+	// the caller's context still bounds the wait.
 	select {
 	case r.queue <- j:
-	case <-ctx.Done():
-		return fmt.Errorf("%w: %v", limiter.ErrUnavailable, ctx.Err())
-	case <-timer.C:
-		r.errs.WithLabelValues("timeout").Inc()
+	default:
+		r.errs.WithLabelValues("queue_full").Inc()
 		return fmt.Errorf("%w: redis queue full", limiter.ErrUnavailable)
 	}
 	select {
@@ -175,9 +177,6 @@ func (r *Redis) Check(ctx context.Context, now time.Time, items []limiter.Item, 
 	case <-ctx.Done():
 		// The executor still owns j; it is dropped, not pooled.
 		return fmt.Errorf("%w: %v", limiter.ErrUnavailable, ctx.Err())
-	case <-timer.C:
-		r.errs.WithLabelValues("timeout").Inc()
-		return fmt.Errorf("%w: redis timed out", limiter.ErrUnavailable)
 	}
 	defer r.jobPool.Put(j)
 	for ci := range j.calls {
@@ -185,63 +184,99 @@ func (r *Redis) Check(ctx context.Context, now time.Time, items []limiter.Item, 
 		if c.err != nil {
 			return fmt.Errorf("%w: %v", limiter.ErrUnavailable, c.err)
 		}
-		if len(c.res) != 1+3*len(c.idx) {
-			return fmt.Errorf("%w: script returned %d values for %d items", limiter.ErrUnavailable, len(c.res), len(c.idx))
-		}
-		for n, i := range c.idx {
-			over, _ := c.res[1+3*n].(int64)
-			a, _ := c.res[2+3*n].(int64)
-			b, _ := c.res[3+3*n].(int64)
-			rejected, _ := c.res[0].(int64)
-			results[i] = limiter.Outcome(&items[i], limiter.State{A: a, B: b}, over == 1, rejected == 0 && over == 0, nowUS)
+		if err := parseReply(c.reply, c.idx, items, results, nowUS); err != nil {
+			return fmt.Errorf("%w: %v", limiter.ErrUnavailable, err)
 		}
 	}
 	return nil
 }
 
+// parseReply reads "rejected:over,A,B,over,A,B" without allocating.
+func parseReply(s string, idx []int, items []limiter.Item, results []limiter.Result, nowUS int64) error {
+	p := replyParser{s: s}
+	rejected := p.int(':')
+	for _, i := range idx {
+		over := p.int(',')
+		a := p.int(',')
+		b := p.int(',')
+		if p.bad {
+			break
+		}
+		results[i] = limiter.Outcome(&items[i], limiter.State{A: a, B: b}, over == 1, rejected == 0 && over == 0, nowUS)
+	}
+	if p.bad || p.pos < len(p.s) {
+		return fmt.Errorf("malformed script reply %q for %d items", s, len(idx))
+	}
+	return nil
+}
+
+type replyParser struct {
+	s   string
+	pos int
+	bad bool
+}
+
+// int reads digits up to sep (or the end).
+func (p *replyParser) int(sep byte) int64 {
+	var v int64
+	start := p.pos
+	for p.pos < len(p.s) && p.s[p.pos] != sep {
+		c := p.s[p.pos]
+		if c < '0' || c > '9' {
+			p.bad = true
+			return 0
+		}
+		v = v*10 + int64(c-'0')
+		p.pos++
+	}
+	if p.pos == start {
+		p.bad = true
+	}
+	if p.pos < len(p.s) {
+		p.pos++ // the separator
+	}
+	return v
+}
+
 // buildCalls turns items into script calls: one per request, or in Cluster
 // mode one per hash slot (each atomic on its own; see README).
 func (r *Redis) buildCalls(calls []call, now time.Time, nowUS int64, items []limiter.Item) []call {
-	if !r.opts.Cluster {
-		if cap(calls) > 0 {
-			calls = calls[:1]
-		} else {
-			calls = append(calls, call{})
-		}
-		c := &calls[0]
-		c.keys, c.args, c.idx, c.res, c.err = c.keys[:0], c.args[:0], c.idx[:0], nil, nil
-		c.args = append(c.args, strconv.FormatInt(nowUS, 10), 0)
-		for i := range items {
-			c.add(&items[i], i, now, nowUS)
-		}
-		c.args[1] = len(c.idx)
-		return calls
-	}
-	bySlot := map[int]int{}
+	calls = calls[:0]
 	for i := range items {
-		s := Slot(items[i].Key)
-		ci, ok := bySlot[s]
-		if !ok {
+		s := 0
+		if r.opts.Cluster {
+			s = Slot(items[i].Key)
+		}
+		ci := -1
+		for k := range calls {
+			if calls[k].slot == s {
+				ci = k
+				break
+			}
+		}
+		if ci < 0 {
 			ci = len(calls)
-			bySlot[s] = ci
-			calls = append(calls, call{args: []any{strconv.FormatInt(nowUS, 10), 0}})
+			if cap(calls) > ci {
+				calls = calls[:ci+1]
+			} else {
+				calls = append(calls, call{})
+			}
+			c := &calls[ci]
+			c.slot, c.keys, c.idx, c.reply, c.err = s, c.keys[:0], c.idx[:0], "", nil
+			c.args = append(c.args[:0], nowUS, 0)
 		}
 		calls[ci].add(&items[i], i, now, nowUS)
 	}
-	for ci := range calls {
-		calls[ci].args[1] = len(calls[ci].idx)
+	for k := range calls {
+		calls[k].args[1] = len(calls[k].idx)
 	}
 	return calls
 }
 
-var algArg = [...]string{rules.FixedWindow: "f", rules.SlidingWindow: "s", rules.TokenBucket: "t"}
+var algArg = [...]int{rules.FixedWindow: 1, rules.SlidingWindow: 2, rules.TokenBucket: 3}
 
 func (c *call) add(it *limiter.Item, i int, now time.Time, nowUS int64) {
 	c.idx = append(c.idx, i)
-	enforce := "0"
-	if it.Enforce {
-		enforce = "1"
-	}
 	unitS := int64(it.Unit / time.Second)
 	var p1, p2 int64
 	switch it.Algorithm {
@@ -256,12 +291,17 @@ func (c *call) add(it *limiter.Item, i int, now time.Time, nowUS int64) {
 		c.keys = append(c.keys, limiter.WindowKey(it.Key, limiter.WindowStart(now, it.Unit)))
 		p1 = unitS
 	}
+	enforce := 0
+	if it.Enforce {
+		enforce = 1
+	}
 	c.args = append(c.args, algArg[it.Algorithm], it.Limit, it.Hits, enforce, p1, p2)
 }
 
 func (r *Redis) executor() {
 	defer r.wg.Done()
 	batch := make([]*job, 0, r.opts.BatchSize)
+	var groups []group
 	var wait *time.Timer
 	for {
 		select {
@@ -300,27 +340,70 @@ func (r *Redis) executor() {
 				<-wait.C
 			}
 		}
-		r.exec(batch)
+		r.exec(batch, &groups)
 		for _, j := range batch {
 			j.done <- struct{}{}
 		}
 	}
 }
 
-func (r *Redis) exec(batch []*job) {
+// group is every call of one batch that goes to one hash slot: it becomes a
+// single EVALSHA, so a batch costs one command per slot, not per request.
+type group struct {
+	slot  int
+	calls []*call
+	keys  []string
+	args  []any
+	cmd   *redis.StringCmd
+}
+
+func (r *Redis) exec(batch []*job, reuse *[]group) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 	defer cancel()
 	r.batchSize.Observe(float64(len(batch)))
-	pipe := r.opts.Client.Pipeline()
-	var cmds []*redis.Cmd
+	groups := (*reuse)[:0]
 	for _, j := range batch {
 		for ci := range j.calls {
-			cmds = append(cmds, pipe.EvalSha(ctx, script.Hash(), j.calls[ci].keys, j.calls[ci].args...))
+			c := &j.calls[ci]
+			gi := -1
+			for k := range groups {
+				if groups[k].slot == c.slot {
+					gi = k
+					break
+				}
+			}
+			if gi < 0 {
+				gi = len(groups)
+				if cap(groups) > gi {
+					groups = groups[:gi+1]
+				} else {
+					groups = append(groups, group{})
+				}
+				g := &groups[gi]
+				g.slot, g.calls, g.keys, g.args = c.slot, g.calls[:0], g.keys[:0], g.args[:0]
+			}
+			g := &groups[gi]
+			g.calls = append(g.calls, c)
+			g.keys = append(g.keys, c.keys...)
+			g.args = append(g.args, c.args...)
 		}
 	}
-	r.roundTrips.Inc()
-	_, err := pipe.Exec(ctx)
-	if err != nil && !isServerError(err) {
+	*reuse = groups
+	err := r.run(ctx, groups, false)
+	if err == nil {
+		// NOSCRIPT (Redis restarted or SCRIPT FLUSH): resend with EVAL,
+		// which also loads the script for next time.
+		noscript := false
+		for k := range groups {
+			if e := groups[k].cmd.Err(); e != nil && strings.HasPrefix(e.Error(), "NOSCRIPT") {
+				noscript = true
+			}
+		}
+		if noscript {
+			err = r.run(ctx, groups, true)
+		}
+	}
+	if err != nil {
 		r.fail(err)
 		for _, j := range batch {
 			for ci := range j.calls {
@@ -329,50 +412,52 @@ func (r *Redis) exec(batch []*job) {
 		}
 		return
 	}
-	// NOSCRIPT (Redis restarted or SCRIPT FLUSH): resend those with EVAL,
-	// which also loads the script for next time.
-	var retry []int
-	for i, c := range cmds {
-		if c.Err() != nil && strings.HasPrefix(c.Err().Error(), "NOSCRIPT") {
-			retry = append(retry, i)
-		}
-	}
-	if len(retry) > 0 {
-		pipe := r.opts.Client.Pipeline()
-		n := 0
-		for _, j := range batch {
-			for ci := range j.calls {
-				if len(retry) > 0 && retry[0] == n {
-					cmds[n] = pipe.Eval(ctx, scriptSrc, j.calls[ci].keys, j.calls[ci].args...)
-					retry = retry[1:]
-				}
-				n++
-			}
-		}
-		r.roundTrips.Inc()
-		if _, err := pipe.Exec(ctx); err != nil && !isServerError(err) {
-			r.fail(err)
-			for _, j := range batch {
-				for ci := range j.calls {
-					j.calls[ci].err = err
-				}
-			}
-			return
-		}
-	}
 	r.br.success()
-	n := 0
-	for _, j := range batch {
-		for ci := range j.calls {
-			c := &j.calls[ci]
-			res, err := cmds[n].Slice()
-			n++
-			c.res, c.err = res, err
-			if err != nil {
-				r.errs.WithLabelValues("script").Inc()
+	for k := range groups {
+		g := &groups[k]
+		reply, err := g.cmd.Result()
+		if err != nil {
+			r.errs.WithLabelValues("script").Inc()
+			for _, c := range g.calls {
+				c.err = err
 			}
+			continue
+		}
+		// Split "req|req|..." among the group's calls, in order.
+		for n, c := range g.calls {
+			end := strings.IndexByte(reply, '|')
+			if end < 0 || n == len(g.calls)-1 {
+				end = len(reply)
+			}
+			c.reply = reply[:end]
+			reply = reply[min(end+1, len(reply)):]
 		}
 	}
+}
+
+// run sends every group in one pipeline (one round trip; per node in
+// Cluster mode). It returns only connection-level errors.
+func (r *Redis) run(ctx context.Context, groups []group, eval bool) error {
+	pipe := r.opts.Client.Pipeline()
+	for k := range groups {
+		g := &groups[k]
+		args := make([]any, 0, 3+len(g.keys)+len(g.args))
+		if eval {
+			args = append(args, "eval", scriptSrc, len(g.keys))
+		} else {
+			args = append(args, "evalsha", script.Hash(), len(g.keys))
+		}
+		for _, k := range g.keys {
+			args = append(args, k)
+		}
+		g.cmd = redis.NewStringCmd(ctx, append(args, g.args...)...)
+		pipe.Process(ctx, g.cmd)
+	}
+	r.roundTrips.Inc()
+	if _, err := pipe.Exec(ctx); err != nil && !isServerError(err) {
+		return err
+	}
+	return nil
 }
 
 func (r *Redis) fail(err error) {

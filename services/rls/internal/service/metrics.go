@@ -15,7 +15,8 @@ type metrics struct {
 	noDomain   prometheus.Counter
 	failures   *prometheus.CounterVec
 	cacheSize  prometheus.GaugeFunc
-	ruleCache  sync.Map // domain\x00rule -> *ruleCounters
+	ruleCache  sync.Map // ruleKey -> *ruleCounters
+	byCode     map[string]prometheus.Counter
 	cacheLimit int
 	cacheCount int64
 	mu         sync.Mutex
@@ -46,6 +47,10 @@ func newMetrics(reg prometheus.Registerer, cacheLen func() float64) (*metrics, e
 		}, []string{"mode"}),
 		cacheLimit: 10000,
 	}
+	m.byCode = map[string]prometheus.Counter{}
+	for _, c := range []string{"ok", "over_limit", "invalid", "failure_allow", "failure_deny"} {
+		m.byCode[c] = m.requests.WithLabelValues(c)
+	}
 	m.cacheSize = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rls_local_cache_keys", Help: "Keys in the local over-limit cache.",
 	}, cacheLen)
@@ -57,8 +62,19 @@ func newMetrics(reg prometheus.Registerer, cacheLen func() float64) (*metrics, e
 	return m, nil
 }
 
+type ruleKey struct{ domain, rule string }
+
+// code returns the requests counter for one answer code (handles are cached:
+// WithLabelValues hashes labels on every call).
+func (m *metrics) code(c string) prometheus.Counter {
+	if h, ok := m.byCode[c]; ok {
+		return h
+	}
+	return m.requests.WithLabelValues(c)
+}
+
 func (m *metrics) rule(domain, rule string) *ruleCounters {
-	k := domain + "\x00" + rule
+	k := ruleKey{domain, rule}
 	if rc, ok := m.ruleCache.Load(k); ok {
 		return rc.(*ruleCounters)
 	}

@@ -132,7 +132,7 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 	start := time.Now()
 	defer func() { s.m.latency.Observe(time.Since(start).Seconds()) }()
 	if err := s.o.Limits.Validate(req); err != nil {
-		s.m.requests.WithLabelValues("invalid").Inc()
+		s.m.code("invalid").Inc()
 		return nil, err
 	}
 	cfg := s.rules.Load()
@@ -147,7 +147,7 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 		for i := range resp.Statuses {
 			resp.Statuses[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
 		}
-		s.m.requests.WithLabelValues("ok").Inc()
+		s.m.code("ok").Inc()
 		return resp, nil
 	}
 	reqHits := req.GetHitsAddend()
@@ -337,7 +337,7 @@ func (s *Service) answer(resp *rlsv3.RateLimitResponse, slots []slot, rejected b
 	if resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT {
 		code = "over_limit"
 	}
-	s.m.requests.WithLabelValues(code).Inc()
+	s.m.code(code).Inc()
 	if s.o.ResponseHeaders && hdr != nil {
 		resp.ResponseHeadersToAdd = headers(hdr, resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT)
 	}
@@ -403,6 +403,6 @@ func (s *Service) failed(resp *rlsv3.RateLimitResponse, slots []slot, err error)
 		resp.Statuses[i] = st
 	}
 	s.m.failures.WithLabelValues(mode).Inc()
-	s.m.requests.WithLabelValues("failure_" + mode).Inc()
+	s.m.code("failure_" + mode).Inc()
 	return resp, nil
 }
