@@ -14,6 +14,17 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 	"gopkg.in/yaml.v3"
+
+	// Typed configs a bootstrap may name in "@type" must be registered.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
+	"github.com/sidemesh/sidemesh/proxy/xds"
 )
 
 // Config is what the proxy needs to start.
@@ -22,6 +33,9 @@ type Config struct {
 	XDSAddr   string
 	SotW      bool   // ads_config.api_type GRPC instead of DELTA_GRPC
 	AdminAddr string // from the bootstrap's admin.address, if any
+	// Static holds static_resources listeners and clusters when the
+	// bootstrap has no dynamic_resources (static mode, no control plane).
+	Static *xds.Resources
 }
 
 // FromFlags builds a Config from the proxy's flags.
@@ -84,7 +98,21 @@ func Parse(name string, raw []byte) (*Config, error) {
 	}
 	ads := b.GetDynamicResources().GetAdsConfig()
 	if ads == nil {
-		return nil, fmt.Errorf("bootstrap %s: dynamic_resources.ads_config is required", name)
+		if len(b.GetStaticResources().GetListeners()) == 0 {
+			return nil, fmt.Errorf("bootstrap %s: needs dynamic_resources.ads_config or static_resources.listeners", name)
+		}
+		st := xds.NewResources()
+		for _, l := range b.GetStaticResources().GetListeners() {
+			st.Listeners[l.GetName()] = l
+		}
+		for _, c := range b.GetStaticResources().GetClusters() {
+			st.Clusters[c.GetName()] = c
+		}
+		cfg := &Config{Node: b.GetNode(), Static: st}
+		if sa := b.GetAdmin().GetAddress().GetSocketAddress(); sa != nil {
+			cfg.AdminAddr = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+		}
+		return cfg, nil
 	}
 	cfg := &Config{Node: b.GetNode(), SotW: ads.GetApiType() == corev3.ApiConfigSource_GRPC}
 	if cfg.Node.UserAgentName == "" {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"syscall"
 	"time"
@@ -105,9 +106,10 @@ func run(ctx context.Context, env *app.Env) error {
 			}
 		}}, px)
 
+	ready := func() bool { return bc.Static != nil || xc.Ready() }
 	adm := env.Admin
 	adm.AddReadyCheck("xds", func(context.Context) error {
-		if !xc.Ready() {
+		if !ready() {
 			return errors.New("waiting for first listeners and clusters from " + bc.XDSAddr)
 		}
 		return nil
@@ -115,6 +117,8 @@ func run(ctx context.Context, env *app.Env) error {
 	adm.Handle("GET /stats/prometheus", promhttp.HandlerFor(adm.Registry(), promhttp.HandlerOpts{}))
 	adm.HandleFunc("GET /config_dump", px.ConfigDump(func() any { return xc.Status() }))
 	adm.HandleFunc("GET /clusters", px.Clusters)
+	adm.HandleFunc("GET /debug/pprof/", pprof.Index)
+	adm.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	adm.HandleFunc("POST /drain_listeners", func(w http.ResponseWriter, r *http.Request) {
 		adm.SetDraining()
 		go px.DrainListeners()
@@ -125,14 +129,24 @@ func run(ctx context.Context, env *app.Env) error {
 		go syscall.Kill(os.Getpid(), syscall.SIGTERM) // the normal drain-and-exit path
 	})
 
+	var xdsUnit lifecycle.Unit
+	if bc.Static != nil {
+		// Static mode: the bootstrap's listeners and clusters, no control plane.
+		if err := px.Apply(ctx, bc.Static); err != nil {
+			return app.Usagef("bootstrap static_resources: %v", err)
+		}
+		xdsUnit = lifecycle.Func("static", func(c context.Context) error { <-c.Done(); return nil })
+	} else {
+		xdsUnit = lifecycle.Func("xds", xc.Run)
+	}
 	units := []lifecycle.Unit{
-		lifecycle.Func("xds", xc.Run),
+		xdsUnit,
 		{Name: "proxy", Serve: func() error { <-ctx.Done(); return nil }, Shutdown: px.Shutdown},
 	}
 	if handoff != nil {
 		units = append(units, lifecycle.Func("hot-restart-handoff", func(hctx context.Context) error {
 			// Tell the old process to drain once our listeners serve.
-			for !xc.Ready() {
+			for !ready() {
 				select {
 				case <-hctx.Done():
 					return nil
@@ -156,7 +170,7 @@ func run(ctx context.Context, env *app.Env) error {
 		units = append(units, lifecycle.Func("hot-restart", func(hctx context.Context) error {
 			if handoff != nil {
 				// Our predecessor owns the path until it confirms the drain.
-				for !xc.Ready() {
+				for !ready() {
 					select {
 					case <-hctx.Done():
 						return nil
