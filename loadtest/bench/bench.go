@@ -228,34 +228,95 @@ func (b *Bench) rls(ctx context.Context, logs string) {
 	b.exec(ctx, half, rlsload.Spec(), append(append(b.loadArgs(), common...), "--concurrency", "128", "--keys", "zipf:10000", "--rate", rate)...)
 }
 
+// httpCase is one HTTP load shape, run direct and through the proxy.
+type httpCase struct {
+	suffix, title string
+	args          []string
+}
+
 func (b *Bench) http(ctx context.Context, logs string) {
-	for _, h2 := range []bool{false, true} {
-		name, title := "http-h1", "built-in upstream direct, HTTP/1.1 (load generator + upstream ceiling)"
-		if h2 {
-			name, title = "http-h2c", "built-in upstream direct, h2c over 4 connections"
-		}
-		if !b.want(name) {
+	conc := strconv.Itoa(b.Size.Concurrency)
+	cases := []httpCase{
+		{"h1", fmt.Sprintf("HTTP/1.1, %s connections", conc), []string{"--concurrency", conc}},
+		{"h1-c1", "HTTP/1.1, one connection (latency)", []string{"--concurrency", "1"}},
+		{"h2c", fmt.Sprintf("h2c, %s streams over 4 connections", conc), []string{"--concurrency", conc, "--h2c", "--conns", "4"}},
+	}
+	want := false
+	for _, c := range cases {
+		want = want || b.want("http-"+c.suffix) || b.want("http-proxy-"+c.suffix)
+	}
+	if !want {
+		return
+	}
+	upAddr, _ := harness.FreeAddr()
+	up, err := startProc(logs, "upstream", b.Self, "upstream", "--addr", upAddr, "--admin-addr", "127.0.0.1:0")
+	if err == nil {
+		defer up.stop()
+		err = up.waitPort(ctx, upAddr, 15*time.Second)
+	}
+	if err != nil {
+		b.add("http-h1", "built-in upstream").Err = err
+		return
+	}
+	direct := map[string]*Entry{}
+	for _, c := range cases {
+		if !b.want("http-" + c.suffix) {
 			continue
 		}
-		e := b.add(name, title)
-		addr, _ := harness.FreeAddr()
-		p, err := startProc(logs, "upstream", b.Self, "upstream", "--addr", addr, "--admin-addr", "127.0.0.1:0")
-		if err == nil {
-			err = p.waitPort(ctx, addr, 15*time.Second)
-		}
-		if err != nil {
-			e.Err = err
-		} else {
-			args := append(b.loadArgs(), "--url", "http://"+addr+"/", "--target-pid", strconv.Itoa(p.pid()))
-			if h2 {
-				args = append(args, "--h2c", "--conns", "4")
-			}
-			b.exec(ctx, e, httpload.Spec(), args...)
-		}
-		p.stop()
+		e := b.add("http-"+c.suffix, "built-in upstream direct, "+c.title)
+		b.exec(ctx, e, httpload.Spec(), append([]string{"--duration", b.Size.Load.String(), "--url", "http://" + upAddr + "/",
+			"--target-pid", strconv.Itoa(up.pid())}, c.args...)...)
+		direct[c.suffix] = e
 	}
-	if b.want("http-proxy") {
-		b.skip(b.add("http-proxy", "through bin/proxy"), "the proxy needs the controlplane's routes: run `make run`, then `loadtest http --url http://127.0.0.1:18080/ --target-pid $(pgrep -f 'proxy --node-id ingress')`")
+
+	var proxyCases []httpCase
+	for _, c := range cases {
+		if b.want("http-proxy-" + c.suffix) {
+			proxyCases = append(proxyCases, c)
+		}
+	}
+	if len(proxyCases) == 0 {
+		return
+	}
+	first := b.add("http-proxy-"+proxyCases[0].suffix, "bin/proxy → built-in upstream, "+proxyCases[0].title)
+	if b.bin("proxy") == "" {
+		b.skip(first, "no %s/proxy (run make build)", b.Bin)
+		return
+	}
+	// The proxy gets one listener → route → cluster from a static ADS server,
+	// so its data path is measured without the controlplane.
+	listen, _ := harness.FreeAddr()
+	_, lport, _ := strings.Cut(listen, ":")
+	adsAddr, _ := harness.FreeAddr()
+	ads, err := startProc(logs, "xds-static", b.Self, "xds-static", "--addr", adsAddr, "--listen-port", lport, "--upstream", upAddr, "--admin-addr", "127.0.0.1:0")
+	if err == nil {
+		defer ads.stop()
+		err = ads.waitPort(ctx, adsAddr, 15*time.Second)
+	}
+	var proxy *proc
+	if err == nil {
+		admin, _ := harness.FreeAddr()
+		proxy, err = startProc(logs, "proxy", b.bin("proxy"), "--node-id", "loadtest-bench", "--cluster", "loadtest", "--xds-addr", adsAddr, "--admin-addr", admin)
+		if err == nil {
+			defer proxy.stop()
+			err = proxy.waitPort(ctx, listen, 30*time.Second)
+		}
+	}
+	if err != nil {
+		b.skip(first, "proxy did not open its listener: %v", err)
+		return
+	}
+	for i, c := range proxyCases {
+		e := first
+		if i > 0 {
+			e = b.add("http-proxy-"+c.suffix, "bin/proxy → built-in upstream, "+c.title)
+		}
+		b.exec(ctx, e, httpload.Spec(), append([]string{"--duration", b.Size.Load.String(), "--url", "http://" + listen + "/",
+			"--target-pid", strconv.Itoa(proxy.pid())}, c.args...)...)
+		if d := direct[c.suffix]; e.Result != nil && d != nil && d.Result != nil {
+			e.Result.Values["added_p50_us_vs_direct"] = float64(e.Result.Latency.P50 - d.Result.Latency.P50)
+			e.Result.Values["throughput_ratio_to_direct"] = e.Result.Throughput / d.Result.Throughput
+		}
 	}
 }
 
@@ -314,7 +375,7 @@ func Spec() app.Spec {
 			fs.String("out", "loadtest/results", "results directory")
 			fs.String("bin", "bin", "directory holding rls, controlplane, hds, proxy")
 			fs.Bool("quick", false, "tiny sizes (smoke test, seconds)")
-			fs.StringSlice("only", nil, "run only these scenarios (rls-noop, rls-redis, rls-limit, rls-half-load, http-h1, http-h2c, xds-sotw, xds-delta, hds)")
+			fs.StringSlice("only", nil, "run only these scenarios (rls-noop, rls-redis, rls-limit, rls-half-load, http-h1, http-h1-c1, http-h2c, http-proxy-h1, http-proxy-h1-c1, http-proxy-h2c, xds-sotw, xds-delta, hds)")
 		},
 		Run: func(ctx context.Context, env *app.Env) error {
 			b := &Bench{Size: Standard, Stdout: env.Stdout, Stderr: env.Stderr, Only: map[string]bool{}}

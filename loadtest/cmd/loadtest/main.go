@@ -18,17 +18,19 @@ import (
 	"github.com/sidemesh/sidemesh/loadtest/report"
 	"github.com/sidemesh/sidemesh/loadtest/rlsload"
 	"github.com/sidemesh/sidemesh/loadtest/xdsload"
+	"github.com/sidemesh/sidemesh/loadtest/xdsstatic"
 )
 
 func specs() map[string]func() app.Spec {
 	return map[string]func() app.Spec{
-		"rls":      rlsload.Spec,
-		"noop-rls": rlsload.NoopSpec,
-		"http":     httpload.Spec,
-		"upstream": httpload.UpstreamSpec,
-		"xds":      xdsload.Spec,
-		"hds":      hdsload.Spec,
-		"bench":    bench.Spec,
+		"rls":        rlsload.Spec,
+		"noop-rls":   rlsload.NoopSpec,
+		"http":       httpload.Spec,
+		"upstream":   httpload.UpstreamSpec,
+		"xds":        xdsload.Spec,
+		"xds-static": xdsstatic.Spec,
+		"hds":        hdsload.Spec,
+		"bench":      bench.Spec,
 	}
 }
 

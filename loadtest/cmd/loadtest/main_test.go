@@ -16,7 +16,7 @@ func TestDispatch(t *testing.T) {
 	if code := run(context.Background(), []string{"frobnicate"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "unknown subcommand") {
 		t.Errorf("unknown: exit %d stderr %q", code, errb.String())
 	}
-	for _, sub := range []string{"rls", "noop-rls", "http", "upstream", "xds", "hds", "bench"} {
+	for _, sub := range []string{"rls", "noop-rls", "http", "upstream", "xds", "xds-static", "hds", "bench"} {
 		out.Reset()
 		if code := run(context.Background(), []string{sub, "--help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "loadtest "+sub) {
 			t.Errorf("%s --help: exit %d out %q", sub, code, out.String())
