@@ -1,0 +1,442 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	xdsgrpc "google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sidemesh/sidemesh/controlplane/model"
+	"github.com/sidemesh/sidemesh/controlplane/translate"
+	"github.com/sidemesh/sidemesh/internal/grpcserver"
+)
+
+// testLog is quiet unless a test fails; NACK warnings are expected here.
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type env struct {
+	t    *testing.T
+	srv  *Server
+	addr string
+	ctx  context.Context
+}
+
+func startServer(t *testing.T) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s := New(ctx, testLog(t), prometheus.NewRegistry())
+	g := grpcserver.New()
+	s.Register(g.Server)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	return &env{t: t, srv: s, addr: ln.Addr().String(), ctx: ctx}
+}
+
+// apply parses a model and serves it.
+func (e *env) apply(yaml string, health translate.Health) *translate.Output {
+	e.t.Helper()
+	m, err := model.Parse(model.Source{Name: "test.yaml", Data: []byte(yaml)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out, err := translate.Build(m, health)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.srv.Apply(e.ctx, out); err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// backend is a gRPC health server; callers tell backends apart by peer.
+func backend(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	healthpb.RegisterHealthServer(g, health.NewServer())
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(g.Stop)
+	return ln.Addr().String()
+}
+
+func hostPort(t *testing.T, a string) (string, string) {
+	h, p, err := net.SplitHostPort(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, p
+}
+
+// client is a real gRPC-Go xDS client (in-process bootstrap).
+func (e *env) client(nodeID, target string) *grpc.ClientConn {
+	e.t.Helper()
+	bootstrap := fmt.Sprintf(`{"xds_servers":[{"server_uri":%q,"channel_creds":[{"type":"insecure"}]}],
+		"node":{"id":%q,"locality":{"zone":"zone-a"}}}`, e.addr, nodeID)
+	rb, err := xdsgrpc.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cc, err := grpc.NewClient("xds:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(rb))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// call makes one RPC and returns the backend that served it.
+func call(ctx context.Context, cc *grpc.ClientConn, md ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if len(md) > 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, md...)
+	}
+	var p peer.Peer
+	_, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p), grpc.WaitForReady(true))
+	if err != nil {
+		return "", err
+	}
+	return p.Addr.String(), nil
+}
+
+// eventually polls until f holds, up to 30 s.
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func twoServiceModel(aAddr, bAddr, routes string) string {
+	return fmt.Sprintf(`
+services:
+  - name: a
+    protocol: grpc
+    endpoints: [{address: %s, port: %s, zone: zone-a}]
+  - name: b
+    protocol: grpc
+    endpoints: [{address: %s, port: %s, zone: zone-a}]
+routes:
+  - name: greeter
+    hosts: [greeter]
+    http:
+%s`, hostOf(aAddr), portOf(aAddr), hostOf(bAddr), portOf(bAddr), routes)
+}
+
+func hostOf(a string) string { h, _, _ := net.SplitHostPort(a); return h }
+func portOf(a string) string { _, p, _ := net.SplitHostPort(a); return p }
+
+func TestProxylessWeightedSplitAndCanary(t *testing.T) {
+	e := startServer(t)
+	a, b := backend(t), backend(t)
+	e.apply(twoServiceModel(a, b, `
+      - match: {prefix: /}
+        route: [{service: a, weight: 80}, {service: b, weight: 20}]
+`), nil)
+	cc := e.client("grpc-client-1", "greeter")
+	counts := map[string]int{}
+	for i := 0; i < 1000; i++ {
+		p, err := call(e.ctx, cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[p]++
+	}
+	// Binomial(1000, 0.8): sd ~ 12.6, so 700..900 is far beyond 6 sd.
+	if counts[a] < 700 || counts[a] > 900 || counts[a]+counts[b] != 1000 {
+		t.Fatalf("80/20 split gave a=%d b=%d", counts[a], counts[b])
+	}
+	t.Logf("80/20 split over 1000 RPCs: a=%d b=%d", counts[a], counts[b])
+
+	// Header canary: x-canary: 1 goes to b, everything else to a.
+	e.apply(twoServiceModel(a, b, `
+      - match: {prefix: /, headers: [{name: x-canary, exact: "1"}]}
+        route: [{service: b}]
+      - match: {prefix: /}
+        route: [{service: a}]
+`), nil)
+	eventually(t, "canary route", func() bool {
+		p, err := call(e.ctx, cc, "x-canary", "1")
+		return err == nil && p == b
+	})
+	for i := 0; i < 20; i++ {
+		if p, _ := call(e.ctx, cc, "x-canary", "1"); p != b {
+			t.Fatalf("canary request went to %s", p)
+		}
+		if p, _ := call(e.ctx, cc); p != a {
+			t.Fatalf("plain request went to %s", p)
+		}
+	}
+}
+
+func TestEndpointMovePushesOnlyEDS(t *testing.T) {
+	e := startServer(t)
+	a, b := backend(t), backend(t)
+	e.apply(twoServiceModel(a, b, `
+      - match: {prefix: /}
+        route: [{service: a}]
+`), nil)
+	cc := e.client("grpc-client-2", "greeter")
+	if p, err := call(e.ctx, cc); err != nil || p != a {
+		t.Fatalf("first call: %s %v", p, err)
+	}
+	before := e.responses(t, "grpc-client-2")
+	// Service a's only endpoint moves to backend b's address.
+	e.apply(twoServiceModel(b, b, `
+      - match: {prefix: /}
+        route: [{service: a}]
+`), nil)
+	start := time.Now()
+	eventually(t, "traffic to move", func() bool {
+		p, err := call(e.ctx, cc)
+		return err == nil && p == b
+	})
+	t.Logf("traffic moved %v after the endpoint change", time.Since(start))
+	after := e.responses(t, "grpc-client-2")
+	for _, typ := range []string{"Listener", "RouteConfiguration", "Cluster"} {
+		if after[typ] != before[typ] {
+			t.Errorf("%s was re-sent on an endpoint-only change: %d -> %d", typ, before[typ], after[typ])
+		}
+	}
+	if after["ClusterLoadAssignment"] <= before["ClusterLoadAssignment"] {
+		t.Errorf("no EDS push: %v -> %v", before, after)
+	}
+}
+
+// responses is the per-type response count of the node's stream.
+func (e *env) responses(t *testing.T, node string) map[string]int {
+	t.Helper()
+	var out map[string]int
+	eventually(t, "client "+node+" connected", func() bool {
+		for _, c := range e.srv.Tracker().Clients() {
+			if c.Node == node {
+				out = map[string]int{}
+				for typ, st := range c.Types {
+					out[typ] = st.Responses
+				}
+				return true
+			}
+		}
+		return false
+	})
+	return out
+}
+
+func TestNACKDoesNotLoop(t *testing.T) {
+	e := startServer(t)
+	a, b := backend(t), backend(t)
+	good := e.apply(twoServiceModel(a, b, `
+      - match: {prefix: /}
+        route: [{service: a}]
+`), nil)
+	cc := e.client("grpc-client-3", "greeter")
+	if _, err := call(e.ctx, cc); err != nil {
+		t.Fatal(err)
+	}
+	// A cluster gRPC rejects (MAGLEV) in an otherwise identical config.
+	bad := cloneOutput(good)
+	mesh := bad.Groups[translate.GroupMesh]
+	for i, r := range mesh.Clusters {
+		c := proto.Clone(r.(*clusterv3.Cluster)).(*clusterv3.Cluster)
+		if c.GetName() == "a" {
+			c.LbPolicy = clusterv3.Cluster_MAGLEV
+		}
+		mesh.Clusters[i] = c
+	}
+	before := e.responses(t, "grpc-client-3")["Cluster"]
+	if err := e.srv.Apply(e.ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the NACK to be recorded", func() bool {
+		for _, n := range e.srv.Tracker().NACKs() {
+			if n.Node == "grpc-client-3" && n.TypeURL == resourcev3.ClusterType && strings.Contains(strings.ToLower(n.Message), "maglev") {
+				return true
+			}
+		}
+		return false
+	})
+	// Without the fix the cache re-sends thousands of times a second.
+	time.Sleep(time.Second)
+	if got := e.responses(t, "grpc-client-3")["Cluster"]; got-before > 2 {
+		t.Fatalf("CDS re-sent %d times after a NACK", got-before)
+	}
+	// The client keeps working on its last good config...
+	if p, err := call(e.ctx, cc); err != nil || p != a {
+		t.Fatalf("call during NACK: %s %v", p, err)
+	}
+	// ... and takes the next good one.
+	e.apply(twoServiceModel(a, b, `
+      - match: {prefix: /}
+        route: [{service: b}]
+`), nil)
+	eventually(t, "recovery after the NACK", func() bool {
+		p, err := call(e.ctx, cc)
+		return err == nil && p == b
+	})
+	for _, c := range e.srv.Tracker().Clients() {
+		if c.Node == "grpc-client-3" && c.Types["Cluster"].NACKed != "" {
+			t.Errorf("still marked NACKed after a good version: %+v", c.Types["Cluster"])
+		}
+	}
+}
+
+func cloneOutput(o *translate.Output) *translate.Output {
+	c := &translate.Output{Groups: map[string]*translate.Group{}, Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}
+	for k, v := range o.Endpoints {
+		c.Endpoints[k] = v
+	}
+	for k, g := range o.Groups {
+		c.Groups[k] = &translate.Group{
+			Listeners: append([]types.Resource(nil), g.Listeners...),
+			Routes:    append([]types.Resource(nil), g.Routes...),
+			Clusters:  append([]types.Resource(nil), g.Clusters...),
+		}
+	}
+	return c
+}
+
+func TestHealthStatusStopsTraffic(t *testing.T) {
+	e := startServer(t)
+	a, b := backend(t), backend(t)
+	yaml := fmt.Sprintf(`
+services:
+  - name: svc
+    protocol: grpc
+    endpoints:
+      - {address: %s, port: %s, zone: zone-a}
+      - {address: %s, port: %s, zone: zone-a}
+`, hostOf(a), portOf(a), hostOf(b), portOf(b))
+	e.apply(yaml, nil)
+	cc := e.client("grpc-client-4", "svc")
+	seen := map[string]bool{}
+	eventually(t, "both endpoints used", func() bool {
+		p, err := call(e.ctx, cc)
+		seen[p] = err == nil
+		return seen[a] && seen[b]
+	})
+	bp, _ := hostPort(t, b)
+	var port uint32
+	fmt.Sscan(portOf(b), &port)
+	e.apply(yaml, translate.Health{{Cluster: "svc", Address: bp, Port: port}: corev3.HealthStatus_UNHEALTHY})
+	eventually(t, "unhealthy endpoint drained", func() bool {
+		for i := 0; i < 20; i++ {
+			if p, err := call(e.ctx, cc); err != nil || p == b {
+				return false
+			}
+		}
+		return true
+	})
+	for i := 0; i < 100; i++ {
+		if p, _ := call(e.ctx, cc); p != a {
+			t.Fatalf("call %d went to %s, marked unhealthy", i, p)
+		}
+	}
+}
+
+// TestDeltaOnlyChanged: a raw delta ADS client gets only changed resources
+// and removals.
+func TestDeltaOnlyChanged(t *testing.T) {
+	e := startServer(t)
+	a, b := backend(t), backend(t)
+	model := func(aAddr string, withB bool) string {
+		s := fmt.Sprintf("services:\n  - {name: a, endpoints: [{address: %s, port: %s}]}\n", hostOf(aAddr), portOf(aAddr))
+		if withB {
+			s += fmt.Sprintf("  - {name: b, endpoints: [{address: %s, port: %s}]}\n", hostOf(b), portOf(b))
+		}
+		return s
+	}
+	e.apply(model(a, true), nil)
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "delta-client"}
+	send := func(r *discoveryv3.DeltaDiscoveryRequest) {
+		t.Helper()
+		if err := st.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func() *discoveryv3.DeltaDiscoveryResponse {
+		t.Helper()
+		r, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()}) // ACK
+		return r
+	}
+	names := func(r *discoveryv3.DeltaDiscoveryResponse) string {
+		var n []string
+		for _, x := range r.GetResources() {
+			n = append(n, x.GetName())
+		}
+		return strings.Join(n, ",") + " removed=" + strings.Join(r.GetRemovedResources(), ",")
+	}
+	send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType, ResourceNamesSubscribe: []string{"*"}})
+	if r := recv(); len(r.GetResources()) != 2 {
+		t.Fatalf("initial CDS: %s", names(r))
+	}
+	send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a", "b"}})
+	if r := recv(); len(r.GetResources()) != 2 {
+		t.Fatalf("initial EDS: %s", names(r))
+	}
+	// Move a: only a's CLA comes.
+	e.apply(model(b, true), nil)
+	if r := recv(); r.GetTypeUrl() != resourcev3.EndpointType || names(r) != "a removed=" {
+		t.Fatalf("after moving a: %s %s", r.GetTypeUrl(), names(r))
+	}
+	// Remove b: CDS and EDS both report the removal, nothing else.
+	e.apply(model(b, false), nil)
+	got := map[string]string{}
+	for len(got) < 2 {
+		r := recv()
+		got[r.GetTypeUrl()] = names(r)
+	}
+	if got[resourcev3.ClusterType] != " removed=b" || got[resourcev3.EndpointType] != " removed=b" {
+		t.Fatalf("after removing b: %v", got)
+	}
+}
+

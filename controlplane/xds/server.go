@@ -1,0 +1,274 @@
+// Package xds serves translated resources over ADS (state of the world and
+// delta on one registration). LDS/RDS/CDS come from per-group snapshots with
+// per-type versions; EDS comes from one shared linear cache, so an endpoint
+// change pushes only the changed ClusterLoadAssignments, encoded once.
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/config"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/sidemesh/sidemesh/controlplane/translate"
+)
+
+// snapshotTypes are served from the per-group snapshots.
+var snapshotTypes = []struct {
+	idx types.ResponseType
+	url string
+}{
+	{types.Listener, resourcev3.ListenerType},
+	{types.Route, resourcev3.RouteType},
+	{types.Cluster, resourcev3.ClusterType},
+}
+
+// Server is the ADS server.
+type Server struct {
+	log     *slog.Logger
+	snaps   cachev3.SnapshotCache
+	eds     *cachev3.LinearCache
+	cache   cachev3.Cache
+	ads     serverv3.Server
+	hash    *nodeHash
+	tracker *Tracker
+
+	mu       sync.Mutex
+	out      *translate.Output
+	versions map[string][3]string // group -> LDS, RDS, CDS version
+	edsHash  map[string]string
+}
+
+// New builds a server; metrics go to reg.
+func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Server {
+	s := &Server{log: log, hash: &nodeHash{}, versions: map[string][3]string{}, edsHash: map[string]string{}}
+	s.hash.proxies.Store(&map[string]bool{})
+	cl := cacheLogger{log: log.With("component", "xds-cache")}
+	// ads=false: gRPC clients name only what they need; ads=true would
+	// drop such requests for good in go-control-plane v0.14.
+	s.snaps = cachev3.NewSnapshotCache(false, s.hash, cl)
+	// The prefix makes versions from an earlier process unknown, so
+	// reconnecting clients get everything again.
+	s.eds = cachev3.NewLinearCache(resourcev3.EndpointType,
+		cachev3.WithVersionPrefix("eds-"+strconv.FormatInt(time.Now().UnixNano(), 36)+"-"),
+		cachev3.WithLogger(cl))
+	s.cache = &cachev3.MuxCache{
+		Classify: func(r *cachev3.Request) string { return classify(r.GetTypeUrl()) },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string {
+			return classify(r.GetTypeUrl())
+		},
+		Caches: map[string]cachev3.Cache{"eds": s.eds, "snap": s.snaps},
+	}
+	s.tracker = newTracker(log, reg, s.hash)
+	// Legacy wildcard stays on for LDS/CDS (Envoy asks for them with an
+	// empty list) and is off for RDS/EDS, where gRPC's empty list means
+	// "unsubscribe".
+	s.ads = serverv3.NewServer(ctx, s.cache, s.tracker,
+		config.DeactivateLegacyWildcardForTypes([]string{resourcev3.RouteType, resourcev3.EndpointType}))
+	return s
+}
+
+func classify(typeURL string) string {
+	if typeURL == resourcev3.EndpointType {
+		return "eds"
+	}
+	return "snap"
+}
+
+// Register exposes ADS (SotW and delta) on g.
+func (s *Server) Register(g *grpc.Server) {
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+}
+
+// Tracker exposes the per-client state and NACK records.
+func (s *Server) Tracker() *Tracker { return s.tracker }
+
+// Output is the last applied translation (nil before the first).
+func (s *Server) Output() *translate.Output {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out
+}
+
+// Group is the node group a node is served as.
+func (s *Server) Group(n *corev3.Node) string { return s.hash.ID(n) }
+
+// Apply serves out: only types whose content changed get a new version,
+// only changed ClusterLoadAssignments are pushed.
+func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	proxies := map[string]bool{}
+	for g := range out.Groups {
+		if id, ok := cutPrefix(g, translate.ProxyGroup("")); ok {
+			proxies[id] = true
+		}
+	}
+	// EDS first, so a new cluster's endpoints are there when CDS names it.
+	toUpdate := map[string]types.Resource{}
+	newHash := make(map[string]string, len(out.Endpoints))
+	for name, cla := range out.Endpoints {
+		h, err := resourceHash(cla)
+		if err != nil {
+			return fmt.Errorf("endpoints %s: %w", name, err)
+		}
+		newHash[name] = h
+		if s.edsHash[name] != h {
+			toUpdate[name] = cla
+		}
+	}
+	var toDelete []string
+	for name := range s.edsHash {
+		if _, ok := newHash[name]; !ok {
+			toDelete = append(toDelete, name)
+		}
+	}
+	if len(toUpdate) > 0 || len(toDelete) > 0 {
+		s.tracker.markChange(resourcev3.EndpointType, now)
+		if err := s.eds.UpdateResources(toUpdate, toDelete); err != nil {
+			return fmt.Errorf("endpoints: %w", err)
+		}
+		s.tracker.pushes(resourcev3.EndpointType, len(toUpdate)+len(toDelete))
+	}
+	s.edsHash = newHash
+
+	s.hash.proxies.Store(&proxies)
+	groups := maps.Clone(out.Groups)
+	for g := range s.versions {
+		if _, ok := groups[g]; !ok {
+			groups[g] = &translate.Group{} // removed proxy: serve nothing
+		}
+	}
+	names := make([]string, 0, len(groups))
+	for g := range groups {
+		names = append(names, g)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		g := groups[name]
+		snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+		var vers [3]string
+		for i, t := range snapshotTypes {
+			rs := [][]types.Resource{g.Listeners, g.Routes, g.Clusters}[i]
+			v, vm, err := typeVersion(rs)
+			if err != nil {
+				return fmt.Errorf("group %s: %w", name, err)
+			}
+			vers[i] = v
+			snap.Resources[t.idx] = cachev3.NewResources(v, rs)
+			snap.VersionMap[t.url] = vm
+		}
+		for _, t := range []types.ResponseType{types.Endpoint, types.Secret, types.Runtime, types.ScopedRoute, types.ExtensionConfig, types.RateLimitConfig, types.VirtualHost} {
+			snap.Resources[t] = cachev3.NewResources("", nil)
+		}
+		for i := 0; i < int(types.UnknownType); i++ {
+			if u, err := cachev3.GetResponseTypeURL(types.ResponseType(i)); err == nil {
+				if _, ok := snap.VersionMap[u]; !ok {
+					snap.VersionMap[u] = map[string]string{}
+				}
+			}
+		}
+		old, had := s.versions[name]
+		if had && old == vers {
+			continue
+		}
+		for i, t := range snapshotTypes {
+			if !had || old[i] != vers[i] {
+				s.tracker.markChange(t.url, now)
+			}
+		}
+		if err := s.snaps.SetSnapshot(ctx, name, snap); err != nil {
+			return fmt.Errorf("group %s: %w", name, err)
+		}
+		s.versions[name] = vers
+	}
+	s.out = out
+	return nil
+}
+
+func cutPrefix(s, p string) (string, bool) {
+	if len(s) > len(p) && s[:len(p)] == p {
+		return s[len(p):], true
+	}
+	return "", false
+}
+
+func resourceHash(r types.Resource) (string, error) {
+	b, err := cachev3.MarshalResource(r)
+	if err != nil {
+		return "", err
+	}
+	return cachev3.HashResource(b), nil
+}
+
+// typeVersion is a content hash of one type's resources: equal content
+// gives an equal version, so an unchanged type is never re-pushed (even
+// across restarts), and the per-resource hashes serve delta.
+func typeVersion(rs []types.Resource) (string, map[string]string, error) {
+	vm := make(map[string]string, len(rs))
+	names := make([]string, 0, len(rs))
+	for _, r := range rs {
+		h, err := resourceHash(r)
+		if err != nil {
+			return "", nil, err
+		}
+		n := cachev3.GetResourceName(r)
+		vm[n] = h
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	sum := sha256.New()
+	for _, n := range names {
+		sum.Write([]byte(n))
+		sum.Write([]byte{0})
+		sum.Write([]byte(vm[n]))
+		sum.Write([]byte{0})
+	}
+	return hex.EncodeToString(sum.Sum(nil))[:16], vm, nil
+}
+
+// nodeHash maps a node to its group: HDS replicas by metadata role, model
+// proxies by id, everyone else to the proxyless mesh group.
+type nodeHash struct {
+	proxies atomic.Pointer[map[string]bool]
+}
+
+func (h *nodeHash) ID(n *corev3.Node) string {
+	if n == nil {
+		return translate.GroupMesh
+	}
+	if role := n.GetMetadata().GetFields()["role"].GetStringValue(); role == "hds" {
+		return translate.GroupHDS
+	}
+	if (*h.proxies.Load())[n.GetId()] {
+		return translate.ProxyGroup(n.GetId())
+	}
+	return translate.GroupMesh
+}
+
+// cacheLogger routes go-control-plane's logs to slog (its default is silent,
+// which hides "not responding" conditions).
+type cacheLogger struct{ log *slog.Logger }
+
+func (l cacheLogger) Debugf(f string, a ...any) { l.log.Debug(fmt.Sprintf(f, a...)) }
+func (l cacheLogger) Infof(f string, a ...any)  { l.log.Debug(fmt.Sprintf(f, a...)) }
+func (l cacheLogger) Warnf(f string, a ...any)  { l.log.Warn(fmt.Sprintf(f, a...)) }
+func (l cacheLogger) Errorf(f string, a ...any) { l.log.Error(fmt.Sprintf(f, a...)) }
