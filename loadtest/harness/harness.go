@@ -139,6 +139,17 @@ func Progress(w io.Writer) func(runner.Snapshot) {
 	}
 }
 
+// Status returns a printer of one-line status updates for w when w is a
+// terminal (scenarios without a request loop use it), else a no-op.
+func Status(w io.Writer) func(format string, args ...any) {
+	if Progress(w) == nil {
+		return func(string, ...any) {}
+	}
+	return func(format string, args ...any) {
+		fmt.Fprintf(w, "\r\033[K"+format, args...)
+	}
+}
+
 // ClearProgress erases the progress line, if one was drawn.
 func ClearProgress(w io.Writer) {
 	if Progress(w) != nil {

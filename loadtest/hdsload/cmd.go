@@ -169,7 +169,9 @@ func run(ctx context.Context, env *app.Env) error {
 	}
 	began := time.Now()
 	r := &report.Result{Scenario: "hds", Target: strings.Join(opt.Targets, ","), Mode: "fleet", Started: began.UTC(), Values: map[string]float64{}}
+	opt.Status = harness.Status(env.Stderr)
 	runErr := Run(ctx, opt, r)
+	harness.ClearProgress(env.Stderr)
 	elapsed := time.Since(began)
 	r.ElapsedSeconds = elapsed.Seconds()
 	r.Params = harness.Params(fs)

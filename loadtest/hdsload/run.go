@@ -21,6 +21,8 @@ type Options struct {
 	Timeout       time.Duration // for coverage, verdicts and convergence
 	VerdictAddr   string        // replica whose health feed is checked ("" = none)
 	Kill          func() error  // kills one replica after the steady window (nil = no kill)
+	// Status, if set, receives a one-line progress report now and then.
+	Status func(format string, args ...any)
 }
 
 // poll calls cond every 50 ms until it holds or timeout; it reports how long
@@ -70,8 +72,13 @@ func Run(ctx context.Context, opt Options, r *report.Result) error {
 	v["proxies"], v["endpoints"], v["replicas"], v["k"] = float64(opt.Proxies), float64(m), float64(len(opt.Targets)), float64(opt.K)
 
 	var view View
+	if opt.Status == nil {
+		opt.Status = func(string, ...any) {}
+	}
+	phase := "coverage"
 	covered := func() bool {
 		view = f.View(opt.Expected)
+		opt.Status("%s: %d/%d proxies connected, %d/%d endpoints covered", phase, view.Connected, opt.Proxies, view.Covered, m)
 		return view.Connected == opt.Proxies && view.Covered == m && view.MinChecker >= opt.K
 	}
 	d, ok := poll(ctx, opt.Timeout, covered)
@@ -83,6 +90,7 @@ func Run(ctx context.Context, opt Options, r *report.Result) error {
 	}
 
 	// Steady state: count simulated probes against the ideal k·M per interval.
+	opt.Status("steady state for %s", opt.Steady)
 	p0, rep0, t0 := f.probes.Load(), f.reports.Load(), time.Now()
 	select {
 	case <-ctx.Done():
@@ -124,6 +132,7 @@ func Run(ctx context.Context, opt Options, r *report.Result) error {
 	}
 
 	if opt.Kill != nil {
+		phase = "after kill"
 		re0 := f.reconn.Load()
 		if err := opt.Kill(); err != nil {
 			return fmt.Errorf("killing a replica: %w", err)

@@ -125,8 +125,10 @@ func run(ctx context.Context, env *app.Env) error {
 			return fmt.Errorf("target cost: %w", err)
 		}
 	}
+	opt.Status = harness.Status(env.Stderr)
 	began := time.Now()
 	out, runErr := Run(ctx, conns, opt, trig)
+	harness.ClearProgress(env.Stderr)
 	elapsed := time.Since(began)
 	if out == nil {
 		return runErr

@@ -17,6 +17,8 @@ type Options struct {
 	ChangeTimeout time.Duration // per change (and for the initial sync)
 	Initial       Matcher       // what a synced client has seen first
 	Pause         time.Duration // between changes
+	// Status, if set, receives a one-line progress report now and then.
+	Status func(format string, args ...any)
 }
 
 // ChangeResult is one change across the fleet.
@@ -40,6 +42,9 @@ func Run(ctx context.Context, conns []*grpc.ClientConn, opt Options, trig Trigge
 	if opt.Initial == nil {
 		opt.Initial = Any
 	}
+	if opt.Status == nil {
+		opt.Status = func(string, ...any) {}
+	}
 	// Arm the initial expectation before any stream exists.
 	fl := &Fleet{delta: opt.Delta, size: opt.Clients, cancel: func() {}}
 	w := fl.Expect(opt.Initial)
@@ -47,6 +52,7 @@ func Run(ctx context.Context, conns []*grpc.ClientConn, opt Options, trig Trigge
 	fl.start(ctx, conns, opt.Clients, opt.Node)
 	defer fl.Stop()
 	out := &Outcome{}
+	opt.Status("initial sync of %d clients", opt.Clients)
 	out.Initial = fl.collect(ctx, w, start, opt.ChangeTimeout)
 	if len(out.Initial.Latencies) < opt.Clients {
 		out.Failed, out.Err = fl.Failed()
@@ -57,6 +63,7 @@ func Run(ctx context.Context, conns []*grpc.ClientConn, opt Options, trig Trigge
 		if ctx.Err() != nil {
 			break
 		}
+		opt.Status("change %d/%d", k, opt.Changes)
 		var w *Wait
 		before := fl.Bytes()
 		if err := trig.Change(ctx, k, func(m Matcher) { w = fl.Expect(m) }); err != nil {
