@@ -46,9 +46,10 @@ type Replica struct {
 	state *ring.State
 	met   *metrics
 
-	dirty  chan struct{}
-	stopCh chan struct{}
-	seq    atomic.Uint64
+	dirty      chan struct{}
+	stopCh     chan struct{}
+	seq        atomic.Uint64
+	lastAssign atomic.Int64 // ns the last assignment took
 
 	snap atomic.Pointer[index]
 
@@ -186,8 +187,10 @@ func (r *Replica) Run(ctx context.Context) error {
 		case <-gc.C:
 			r.state.GC(r.cfg.TombstoneTTL)
 		case <-r.dirty:
-			// Coalesce bursts of gossip into one recompute.
-			t := time.NewTimer(20 * time.Millisecond)
+			// Coalesce bursts of gossip into one recompute; a fleet whose
+			// assignment takes long to compute waits longer, so it does not
+			// spend its time recomputing for every joining proxy.
+			t := time.NewTimer(min(max(20*time.Millisecond, 2*time.Duration(r.lastAssign.Load())), 2*time.Second))
 			select {
 			case <-t.C:
 			case <-ctx.Done():
@@ -287,6 +290,7 @@ func (r *Replica) recompute() {
 		start := time.Now()
 		asg = assign.Compute(assign.Config{K: r.cfg.K, LoadFactor: r.cfg.LoadFactor}, ps, ts)
 		r.met.assignSeconds.Observe(time.Since(start).Seconds())
+		r.lastAssign.Store(int64(time.Since(start)))
 		if prev != nil {
 			moved := 0
 			for k, now := range asg.ByTarget {

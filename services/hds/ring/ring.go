@@ -34,7 +34,7 @@ type Timings struct {
 }
 
 // LocalTimings are memberlist's local-network timers (DefaultLocalConfig)
-// on the LAN profile's retransmit multiplier, which research found needed
+// on the LAN profile's retransmit multiplier (and a longer TCP timeout), which research found needed
 // for reliable dissemination.
 func LocalTimings() Timings {
 	return Timings{
@@ -44,7 +44,9 @@ func LocalTimings() Timings {
 		GossipInterval:   100 * time.Millisecond,
 		PushPullInterval: 15 * time.Second,
 		GossipToTheDead:  15 * time.Second,
-		TCPTimeout:       time.Second,
+		// memberlist's local default is 1 s; push/pull of a large state on
+		// a busy host needs longer.
+		TCPTimeout: 5 * time.Second,
 	}
 }
 
@@ -105,6 +107,7 @@ type Ring struct {
 	// events: the *Node values Members() returns are mutated by memberlist
 	// without a lock we could take.
 	peers map[string]memberlist.Node
+	retry map[string]fullState // per peer: changes a direct send failed to deliver
 	stop  chan struct{}
 	wake  chan struct{}
 }
@@ -122,7 +125,7 @@ func Start(cfg Config, state *State) (*Ring, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Ring{cfg: cfg, state: state, log: log, stop: make(chan struct{}), wake: make(chan struct{}, 1), peers: map[string]memberlist.Node{}}
+	r := &Ring{cfg: cfg, state: state, log: log, stop: make(chan struct{}), wake: make(chan struct{}, 1), peers: map[string]memberlist.Node{}, retry: map[string]fullState{}}
 	if r.cfg.OnChange == nil {
 		r.cfg.OnChange = func() {}
 	}
@@ -218,9 +221,7 @@ func (r *Ring) Members() []string {
 	return out
 }
 
-func (r *Ring) peerList() []memberlist.Node {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func (r *Ring) peerListLocked() []memberlist.Node {
 	out := make([]memberlist.Node, 0, len(r.peers))
 	for _, n := range r.peers {
 		if n.Name != r.cfg.Name {
@@ -310,10 +311,7 @@ func (r *Ring) enqueue(fs fullState) {
 	r.pending.Proxies = append(r.pending.Proxies, fs.Proxies...)
 	r.pending.Votes = append(r.pending.Votes, fs.Votes...)
 	r.mu.Unlock()
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
+	r.kick()
 }
 
 // directBatch bounds one reliable message (memberlist accepts up to 20 MiB).
@@ -339,33 +337,68 @@ func (r *Ring) directLoop() {
 		fs := r.pending
 		r.pending = fullState{}
 		ml := r.ml
-		r.mu.Unlock()
-		var msgs [][]byte
-		for len(fs.Proxies)+len(fs.Votes) > 0 {
-			var chunk fullState
-			n := min(len(fs.Proxies), directBatch)
-			chunk.Proxies, fs.Proxies = fs.Proxies[:n], fs.Proxies[n:]
-			m := min(len(fs.Votes), directBatch-n)
-			chunk.Votes, fs.Votes = fs.Votes[:m], fs.Votes[m:]
-			b, _ := json.Marshal(chunk)
-			msgs = append(msgs, append([]byte{msgBatch}, b...))
+		// Each peer gets the new changes plus whatever failed to reach it
+		// last time (bounded: beyond that, push/pull catches it up).
+		for name := range r.retry {
+			if _, ok := r.peers[name]; !ok {
+				delete(r.retry, name)
+			}
 		}
+		peers := r.peerListLocked()
+		todo := make(map[string]fullState, len(peers))
+		for _, n := range peers {
+			old := r.retry[n.Name]
+			todo[n.Name] = fullState{Proxies: append(old.Proxies, fs.Proxies...), Votes: append(old.Votes, fs.Votes...)}
+			delete(r.retry, n.Name)
+		}
+		r.mu.Unlock()
 		var wg sync.WaitGroup
-		for _, n := range r.peerList() {
+		for _, n := range peers {
 			wg.Add(1)
-			go func(n *memberlist.Node) {
+			go func(n memberlist.Node, fs fullState) {
 				defer wg.Done()
-				for _, m := range msgs {
-					if err := ml.SendReliable(n, m); err != nil {
-						r.log.Debug("gossip: direct batch failed; push/pull will catch up", "member", n.Name, "err", err)
-						return
+				if err := r.sendDirect(ml, &n, fs); err != nil {
+					r.log.Debug("gossip: direct batch failed; retrying next round", "member", n.Name, "err", err)
+					if len(fs.Proxies)+len(fs.Votes) <= maxRetry {
+						r.mu.Lock()
+						old := r.retry[n.Name]
+						r.retry[n.Name] = fullState{Proxies: append(fs.Proxies, old.Proxies...), Votes: append(fs.Votes, old.Votes...)}
+						r.mu.Unlock()
+						r.kick()
 					}
-					r.Stats.BytesOut.Add(int64(len(m)))
 				}
-			}(&n)
+			}(n, todo[n.Name])
 		}
 		wg.Wait()
 	}
+}
+
+// maxRetry bounds what is kept for a peer that cannot be reached.
+const maxRetry = 100000
+
+func (r *Ring) kick() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sendDirect sends fs to one member in chunks over TCP.
+func (r *Ring) sendDirect(ml *memberlist.Memberlist, n *memberlist.Node, fs fullState) error {
+	for len(fs.Proxies)+len(fs.Votes) > 0 {
+		var chunk fullState
+		k := min(len(fs.Proxies), directBatch)
+		chunk.Proxies, fs.Proxies = fs.Proxies[:k], fs.Proxies[k:]
+		m := min(len(fs.Votes), directBatch-k)
+		chunk.Votes, fs.Votes = fs.Votes[:m], fs.Votes[m:]
+		b, _ := json.Marshal(chunk)
+		msg := append([]byte{msgBatch}, b...)
+		if err := ml.SendReliable(n, msg); err != nil {
+			return err
+		}
+		r.Stats.BytesOut.Add(int64(len(msg)))
+	}
+	return nil
 }
 
 func (r *Ring) broadcast(name string, msg []byte) {
