@@ -225,7 +225,7 @@ func (b *Bench) rls(ctx context.Context, logs string) {
 	}
 	// Open loop needs spare workers so the schedule, not the pool, sets the pace.
 	rate := strconv.FormatFloat(float64(int(maxRPS/2)), 'f', 0, 64)
-	b.exec(ctx, half, rlsload.Spec(), append(append(b.loadArgs(), common...), "--concurrency", "128", "--keys", "zipf:10000", "--rate", rate)...)
+	b.exec(ctx, half, rlsload.Spec(), append(common, "--duration", b.Size.Load.String(), "--concurrency", "128", "--keys", "zipf:10000", "--rate", rate)...)
 }
 
 // httpCase is one HTTP load shape, run direct and through the proxy.

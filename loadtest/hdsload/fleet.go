@@ -39,7 +39,6 @@ type Fleet struct {
 	targets []string
 	truth   Truth
 	clients []*proxy
-	conns   []*grpc.ClientConn
 	wg      sync.WaitGroup
 	cancel  context.CancelFunc
 	probes  atomic.Int64
@@ -61,16 +60,17 @@ type proxy struct {
 
 // StartFleet opens n simulated proxies spread round robin over targets; a
 // proxy whose stream breaks moves to the next target after a short backoff,
-// as Envoy's HDS client does.
+// as Envoy's HDS client does. Each stream has its own connection, as each
+// proxy would.
 func StartFleet(ctx context.Context, targets []string, n int, zones []string, truth Truth) (*Fleet, error) {
 	f := &Fleet{targets: targets, truth: truth}
 	for _, t := range targets {
+		// Checked once here so a bad address is an error, not endless retries.
 		c, err := grpc.NewClient(t, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
-			f.closeConns()
 			return nil, fmt.Errorf("target %s: %w", t, err)
 		}
-		f.conns = append(f.conns, c)
+		c.Close()
 	}
 	ctx, f.cancel = context.WithCancel(ctx)
 	for i := range n {
@@ -89,17 +89,10 @@ func StartFleet(ctx context.Context, targets []string, n int, zones []string, tr
 	return f, nil
 }
 
-func (f *Fleet) closeConns() {
-	for _, c := range f.conns {
-		c.Close()
-	}
-}
-
 // Stop ends every stream.
 func (f *Fleet) Stop() {
 	f.cancel()
 	f.wg.Wait()
-	f.closeConns()
 }
 
 func (p *proxy) loop(ctx context.Context) {
@@ -140,8 +133,13 @@ func (p *proxy) stream(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p.mu.Lock()
-	conn := p.f.conns[p.target]
+	addr := p.f.targets[p.target]
 	p.mu.Unlock()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return
+	}
+	defer conn.Close()
 	st, err := healthpb.NewHealthDiscoveryServiceClient(conn).StreamHealthCheck(ctx)
 	if err != nil {
 		return
