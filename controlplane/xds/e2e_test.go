@@ -439,4 +439,3 @@ func TestDeltaOnlyChanged(t *testing.T) {
 		t.Fatalf("after removing b: %v", got)
 	}
 }
-
