@@ -25,6 +25,11 @@ var scriptSrc string
 
 var script = redis.NewScript(scriptSrc)
 
+//go:embed refund.lua
+var refundSrc string
+
+var refundScript = redis.NewScript(refundSrc)
+
 // Options configures the backend.
 type Options struct {
 	Client redis.UniversalClient
@@ -188,7 +193,63 @@ func (r *Redis) Check(ctx context.Context, now time.Time, items []limiter.Item, 
 			return fmt.Errorf("%w: %v", limiter.ErrUnavailable, err)
 		}
 	}
+	if len(j.calls) > 1 {
+		r.refundSplit(ctx, now, nowUS, j.calls, items, results)
+	}
 	return nil
+}
+
+// refundSplit keeps "a rejected request charges nothing" across hash slots
+// (Cluster mode): when one slot part rejected, the parts that charged are
+// refunded (one more round trip, only in that case). Until the refund lands
+// another request may see the extra hits; the limit is never exceeded.
+func (r *Redis) refundSplit(ctx context.Context, now time.Time, nowUS int64, calls []call, items []limiter.Item, results []limiter.Result) {
+	rejected := false
+	for i := range items {
+		if results[i].Over && items[i].Enforce {
+			rejected = true
+		}
+	}
+	if !rejected {
+		return
+	}
+	bySlot := map[int]*call{}
+	for ci := range calls {
+		for _, i := range calls[ci].idx {
+			it := &items[i]
+			if !results[i].Charged || it.Hits == 0 {
+				continue
+			}
+			c := bySlot[calls[ci].slot]
+			if c == nil {
+				c = &call{}
+				bySlot[calls[ci].slot] = c
+			}
+			amount := int64(it.Hits)
+			switch it.Algorithm {
+			case rules.TokenBucket:
+				c.keys = append(c.keys, it.Key)
+				t, _ := limiter.Emission(it)
+				amount *= t
+			case rules.SlidingWindow:
+				c.keys = append(c.keys, limiter.WindowKey(it.Key, limiter.WindowStart(now, it.Unit)))
+			default:
+				c.keys = append(c.keys, limiter.WindowKey(it.Key, limiter.WindowStart(now, it.Unit)))
+			}
+			c.args = append(c.args, algArg[it.Algorithm], amount)
+			// Uncharged, the hits are available again.
+			results[i].Charged = false
+			results[i].Remaining = uint32(min(int64(results[i].Remaining)+int64(it.Hits), int64(it.Limit)))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.Timeout)
+	defer cancel()
+	for _, c := range bySlot {
+		r.roundTrips.Inc()
+		if err := refundScript.Run(ctx, r.opts.Client, c.keys, c.args...).Err(); err != nil && err != redis.Nil {
+			r.errs.WithLabelValues("refund").Inc()
+		}
+	}
 }
 
 // parseReply reads "rejected:over,A,B,over,A,B" without allocating.
@@ -355,6 +416,7 @@ type group struct {
 	keys  []string
 	args  []any
 	cmd   *redis.StringCmd
+	retry bool // resend with EVAL (after NOSCRIPT)
 }
 
 func (r *Redis) exec(batch []*job, reuse *[]group) {
@@ -391,17 +453,17 @@ func (r *Redis) exec(batch []*job, reuse *[]group) {
 	*reuse = groups
 	err := r.run(ctx, groups, false)
 	if err == nil {
-		// NOSCRIPT (Redis restarted or SCRIPT FLUSH): resend with EVAL,
-		// which also loads the script for next time.
-		noscript := false
+		// NOSCRIPT (Redis restarted, SCRIPT FLUSH, a new cluster node):
+		// resend only those groups with EVAL, which also loads the script.
+		// The others already ran and must not run twice.
 		for k := range groups {
-			if e := groups[k].cmd.Err(); e != nil && strings.HasPrefix(e.Error(), "NOSCRIPT") {
-				noscript = true
+			g := &groups[k]
+			g.retry = false
+			if e := g.cmd.Err(); e != nil && strings.HasPrefix(e.Error(), "NOSCRIPT") {
+				g.retry = true
 			}
 		}
-		if noscript {
-			err = r.run(ctx, groups, true)
-		}
+		err = r.run(ctx, groups, true)
 	}
 	if err != nil {
 		r.fail(err)
@@ -439,8 +501,12 @@ func (r *Redis) exec(batch []*job, reuse *[]group) {
 // Cluster mode). It returns only connection-level errors.
 func (r *Redis) run(ctx context.Context, groups []group, eval bool) error {
 	pipe := r.opts.Client.Pipeline()
+	n := 0
 	for k := range groups {
 		g := &groups[k]
+		if eval && !g.retry {
+			continue
+		}
 		args := make([]any, 0, 3+len(g.keys)+len(g.args))
 		if eval {
 			args = append(args, "eval", scriptSrc, len(g.keys))
@@ -452,6 +518,10 @@ func (r *Redis) run(ctx context.Context, groups []group, eval bool) error {
 		}
 		g.cmd = redis.NewStringCmd(ctx, append(args, g.args...)...)
 		pipe.Process(ctx, g.cmd)
+		n++
+	}
+	if n == 0 {
+		return nil
 	}
 	r.roundTrips.Inc()
 	if _, err := pipe.Exec(ctx); err != nil && !isServerError(err) {
