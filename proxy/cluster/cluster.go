@@ -35,13 +35,16 @@ var ErrOverflow = errors.New("circuit breaker open")
 
 // Cluster is one upstream cluster.
 type Cluster struct {
-	Name        string
-	EDSName     string // CLA name to subscribe to; empty for STATIC clusters
-	Policy      int
-	HTTP2       bool
-	Proto       *clusterv3.Cluster
-	Stats       *stats.Cluster
+	Name    string
+	EDSName string // CLA name to subscribe to; empty for STATIC clusters
+	Policy  int
+	HTTP2   bool
+	Proto   *clusterv3.Cluster
+	Stats   *stats.Cluster
+	// Transport serves HTTP/2 clusters and upgrades; h1 serves plain
+	// HTTP/1.1 requests.
 	Transport   *http.Transport
+	h1          *h1Transport
 	tkey        transportKey
 	panicPct    float64
 	ringSize    int
@@ -188,9 +191,9 @@ func Build(c *clusterv3.Cluster, prev *Cluster, m *stats.Metrics) (*Cluster, err
 	}
 	cl.tkey = key
 	if prev != nil && prev.tkey == key {
-		cl.Transport = prev.Transport
+		cl.Transport, cl.h1 = prev.Transport, prev.h1
 	} else {
-		cl.Transport = cl.newTransport(key)
+		cl.Transport, cl.h1 = cl.newTransport(key)
 	}
 	if c.GetLoadAssignment() != nil && c.GetType() != clusterv3.Cluster_EDS {
 		hs, err := cl.BuildHosts(c.GetLoadAssignment(), prev)
@@ -344,7 +347,16 @@ func (c *Cluster) eject(h *Host) {
 	c.Stats.Ejections.Inc()
 }
 
-func (c *Cluster) newTransport(k transportKey) *http.Transport {
+// RoundTrip sends one request to the host in req.URL. Upgrade requests and
+// HTTP/2 clusters go through net/http; plain HTTP/1.1 through the pool.
+func (c *Cluster) RoundTrip(req *http.Request, upgrade bool) (*http.Response, error) {
+	if c.HTTP2 || upgrade || c.tkey.maxConns > 0 {
+		return c.Transport.RoundTrip(req)
+	}
+	return c.h1.RoundTrip(req)
+}
+
+func (c *Cluster) newTransport(k transportKey) (*http.Transport, *h1Transport) {
 	d := &net.Dialer{Timeout: k.connect, KeepAlive: 30 * time.Second}
 	st := c.Stats
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -373,7 +385,7 @@ func (c *Cluster) newTransport(k transportKey) *http.Transport {
 		p.SetHTTP1(true)
 	}
 	t.Protocols = p
-	return t
+	return t, newH1Transport(dial, k.idle)
 }
 
 // ConnectError marks a failure to connect to the upstream host.
@@ -396,8 +408,8 @@ func (c *countedConn) Close() error {
 // Retire closes the idle connections of a cluster that was removed or
 // replaced, after in-flight requests had time to finish.
 func (c *Cluster) Retire(after time.Duration) {
-	t := c.Transport
-	time.AfterFunc(after, t.CloseIdleConnections)
+	t, h1 := c.Transport, c.h1
+	time.AfterFunc(after, func() { t.CloseIdleConnections(); h1.CloseIdleConnections() })
 }
 
 // MaxRequests is the max_requests circuit breaker threshold.

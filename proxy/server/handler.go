@@ -310,7 +310,7 @@ func (h *httpHandler) forward(w http.ResponseWriter, r *http.Request, st *lstate
 		}
 		cl.Begin(hst)
 		t0 := time.Now()
-		res, err := cl.Transport.RoundTrip(oreq)
+		res, err := cl.RoundTrip(oreq, upgrade != "")
 		if pendingHeld {
 			cl.ReleasePending()
 		}
@@ -644,7 +644,7 @@ func (h *httpHandler) mirror(snap *Snapshot, rt *route.Route, oreq *http.Request
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			cl.Begin(hst)
-			res, err := cl.Transport.RoundTrip(mr.WithContext(ctx))
+			res, err := cl.RoundTrip(mr.WithContext(ctx), false)
 			code := 0
 			if err == nil {
 				code = res.StatusCode
