@@ -320,3 +320,28 @@ func (m *Mesh) Stop(grace time.Duration) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Kill sends SIGKILL to one process (failure tests) and waits for it to exit.
+func (m *Mesh) Kill(name string) error {
+	m.mu.Lock()
+	var r *running
+	for _, x := range m.running {
+		if x.Name == name {
+			r = x
+		}
+	}
+	m.mu.Unlock()
+	if r == nil || r.cmd.Process == nil {
+		return fmt.Errorf("no process %q", name)
+	}
+	syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+	<-r.done
+	return nil
+}
+
+// Skipped lists the processes not started and why.
+func (m *Mesh) Skipped() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.skipped...)
+}
