@@ -19,13 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
-	xdsgrpc "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sidemesh/sidemesh/controlplane/internal/xdstest"
 	"github.com/sidemesh/sidemesh/controlplane/model"
 	"github.com/sidemesh/sidemesh/controlplane/translate"
 	"github.com/sidemesh/sidemesh/internal/grpcserver"
@@ -76,70 +72,8 @@ func (e *env) apply(yaml string, health translate.Health) *translate.Output {
 	return out
 }
 
-// backend is a gRPC health server; callers tell backends apart by peer.
-func backend(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	healthpb.RegisterHealthServer(g, health.NewServer())
-	go func() { _ = g.Serve(ln) }()
-	t.Cleanup(g.Stop)
-	return ln.Addr().String()
-}
-
-func hostPort(t *testing.T, a string) (string, string) {
-	h, p, err := net.SplitHostPort(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h, p
-}
-
-// client is a real gRPC-Go xDS client (in-process bootstrap).
-func (e *env) client(nodeID, target string) *grpc.ClientConn {
-	e.t.Helper()
-	bootstrap := fmt.Sprintf(`{"xds_servers":[{"server_uri":%q,"channel_creds":[{"type":"insecure"}]}],
-		"node":{"id":%q,"locality":{"zone":"zone-a"}}}`, e.addr, nodeID)
-	rb, err := xdsgrpc.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cc, err := grpc.NewClient("xds:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(rb))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { cc.Close() })
-	return cc
-}
-
-// call makes one RPC and returns the backend that served it.
-func call(ctx context.Context, cc *grpc.ClientConn, md ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if len(md) > 0 {
-		ctx = metadata.AppendToOutgoingContext(ctx, md...)
-	}
-	var p peer.Peer
-	_, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p), grpc.WaitForReady(true))
-	if err != nil {
-		return "", err
-	}
-	return p.Addr.String(), nil
-}
-
-// eventually polls until f holds, up to 30 s.
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+func client(e *env, node, target string) *grpc.ClientConn {
+	return xdstest.Client(e.t, e.addr, node, target)
 }
 
 func twoServiceModel(aAddr, bAddr, routes string) string {
@@ -163,15 +97,15 @@ func portOf(a string) string { _, p, _ := net.SplitHostPort(a); return p }
 
 func TestProxylessWeightedSplitAndCanary(t *testing.T) {
 	e := startServer(t)
-	a, b := backend(t), backend(t)
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
 	e.apply(twoServiceModel(a, b, `
       - match: {prefix: /}
         route: [{service: a, weight: 80}, {service: b, weight: 20}]
 `), nil)
-	cc := e.client("grpc-client-1", "greeter")
+	cc := client(e, "grpc-client-1", "greeter")
 	counts := map[string]int{}
 	for i := 0; i < 1000; i++ {
-		p, err := call(e.ctx, cc)
+		p, err := xdstest.Call(e.ctx, cc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -190,15 +124,15 @@ func TestProxylessWeightedSplitAndCanary(t *testing.T) {
       - match: {prefix: /}
         route: [{service: a}]
 `), nil)
-	eventually(t, "canary route", func() bool {
-		p, err := call(e.ctx, cc, "x-canary", "1")
+	xdstest.Eventually(t, "canary route", func() bool {
+		p, err := xdstest.Call(e.ctx, cc, "x-canary", "1")
 		return err == nil && p == b
 	})
 	for i := 0; i < 20; i++ {
-		if p, _ := call(e.ctx, cc, "x-canary", "1"); p != b {
+		if p, _ := xdstest.Call(e.ctx, cc, "x-canary", "1"); p != b {
 			t.Fatalf("canary request went to %s", p)
 		}
-		if p, _ := call(e.ctx, cc); p != a {
+		if p, _ := xdstest.Call(e.ctx, cc); p != a {
 			t.Fatalf("plain request went to %s", p)
 		}
 	}
@@ -206,13 +140,13 @@ func TestProxylessWeightedSplitAndCanary(t *testing.T) {
 
 func TestEndpointMovePushesOnlyEDS(t *testing.T) {
 	e := startServer(t)
-	a, b := backend(t), backend(t)
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
 	e.apply(twoServiceModel(a, b, `
       - match: {prefix: /}
         route: [{service: a}]
 `), nil)
-	cc := e.client("grpc-client-2", "greeter")
-	if p, err := call(e.ctx, cc); err != nil || p != a {
+	cc := client(e, "grpc-client-2", "greeter")
+	if p, err := xdstest.Call(e.ctx, cc); err != nil || p != a {
 		t.Fatalf("first call: %s %v", p, err)
 	}
 	before := e.responses(t, "grpc-client-2")
@@ -222,8 +156,8 @@ func TestEndpointMovePushesOnlyEDS(t *testing.T) {
         route: [{service: a}]
 `), nil)
 	start := time.Now()
-	eventually(t, "traffic to move", func() bool {
-		p, err := call(e.ctx, cc)
+	xdstest.Eventually(t, "traffic to move", func() bool {
+		p, err := xdstest.Call(e.ctx, cc)
 		return err == nil && p == b
 	})
 	t.Logf("traffic moved %v after the endpoint change", time.Since(start))
@@ -242,7 +176,7 @@ func TestEndpointMovePushesOnlyEDS(t *testing.T) {
 func (e *env) responses(t *testing.T, node string) map[string]int {
 	t.Helper()
 	var out map[string]int
-	eventually(t, "client "+node+" connected", func() bool {
+	xdstest.Eventually(t, "client "+node+" connected", func() bool {
 		for _, c := range e.srv.Tracker().Clients() {
 			if c.Node == node {
 				out = map[string]int{}
@@ -259,13 +193,13 @@ func (e *env) responses(t *testing.T, node string) map[string]int {
 
 func TestNACKDoesNotLoop(t *testing.T) {
 	e := startServer(t)
-	a, b := backend(t), backend(t)
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
 	good := e.apply(twoServiceModel(a, b, `
       - match: {prefix: /}
         route: [{service: a}]
 `), nil)
-	cc := e.client("grpc-client-3", "greeter")
-	if _, err := call(e.ctx, cc); err != nil {
+	cc := client(e, "grpc-client-3", "greeter")
+	if _, err := xdstest.Call(e.ctx, cc); err != nil {
 		t.Fatal(err)
 	}
 	// A cluster gRPC rejects (MAGLEV) in an otherwise identical config.
@@ -282,7 +216,7 @@ func TestNACKDoesNotLoop(t *testing.T) {
 	if err := e.srv.Apply(e.ctx, bad); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the NACK to be recorded", func() bool {
+	xdstest.Eventually(t, "the NACK to be recorded", func() bool {
 		for _, n := range e.srv.Tracker().NACKs() {
 			if n.Node == "grpc-client-3" && n.TypeURL == resourcev3.ClusterType && strings.Contains(strings.ToLower(n.Message), "maglev") {
 				return true
@@ -296,7 +230,7 @@ func TestNACKDoesNotLoop(t *testing.T) {
 		t.Fatalf("CDS re-sent %d times after a NACK", got-before)
 	}
 	// The client keeps working on its last good config...
-	if p, err := call(e.ctx, cc); err != nil || p != a {
+	if p, err := xdstest.Call(e.ctx, cc); err != nil || p != a {
 		t.Fatalf("call during NACK: %s %v", p, err)
 	}
 	// ... and takes the next good one.
@@ -304,8 +238,8 @@ func TestNACKDoesNotLoop(t *testing.T) {
       - match: {prefix: /}
         route: [{service: b}]
 `), nil)
-	eventually(t, "recovery after the NACK", func() bool {
-		p, err := call(e.ctx, cc)
+	xdstest.Eventually(t, "recovery after the NACK", func() bool {
+		p, err := xdstest.Call(e.ctx, cc)
 		return err == nil && p == b
 	})
 	for _, c := range e.srv.Tracker().Clients() {
@@ -332,7 +266,7 @@ func cloneOutput(o *translate.Output) *translate.Output {
 
 func TestHealthStatusStopsTraffic(t *testing.T) {
 	e := startServer(t)
-	a, b := backend(t), backend(t)
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
 	yaml := fmt.Sprintf(`
 services:
   - name: svc
@@ -342,27 +276,25 @@ services:
       - {address: %s, port: %s, zone: zone-a}
 `, hostOf(a), portOf(a), hostOf(b), portOf(b))
 	e.apply(yaml, nil)
-	cc := e.client("grpc-client-4", "svc")
+	cc := client(e, "grpc-client-4", "svc")
 	seen := map[string]bool{}
-	eventually(t, "both endpoints used", func() bool {
-		p, err := call(e.ctx, cc)
+	xdstest.Eventually(t, "both endpoints used", func() bool {
+		p, err := xdstest.Call(e.ctx, cc)
 		seen[p] = err == nil
 		return seen[a] && seen[b]
 	})
-	bp, _ := hostPort(t, b)
-	var port uint32
-	fmt.Sscan(portOf(b), &port)
+	bp, port := xdstest.HostPort(b)
 	e.apply(yaml, translate.Health{{Cluster: "svc", Address: bp, Port: port}: corev3.HealthStatus_UNHEALTHY})
-	eventually(t, "unhealthy endpoint drained", func() bool {
+	xdstest.Eventually(t, "unhealthy endpoint drained", func() bool {
 		for i := 0; i < 20; i++ {
-			if p, err := call(e.ctx, cc); err != nil || p == b {
+			if p, err := xdstest.Call(e.ctx, cc); err != nil || p == b {
 				return false
 			}
 		}
 		return true
 	})
 	for i := 0; i < 100; i++ {
-		if p, _ := call(e.ctx, cc); p != a {
+		if p, _ := xdstest.Call(e.ctx, cc); p != a {
 			t.Fatalf("call %d went to %s, marked unhealthy", i, p)
 		}
 	}
@@ -372,7 +304,7 @@ services:
 // and removals.
 func TestDeltaOnlyChanged(t *testing.T) {
 	e := startServer(t)
-	a, b := backend(t), backend(t)
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
 	model := func(aAddr string, withB bool) string {
 		s := fmt.Sprintf("services:\n  - {name: a, endpoints: [{address: %s, port: %s}]}\n", hostOf(aAddr), portOf(aAddr))
 		if withB {

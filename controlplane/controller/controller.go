@@ -1,0 +1,212 @@
+// Package controller keeps the served config in step with its inputs: the
+// model file (hot-reloaded with a debounce; a bad file keeps the last good
+// model) and the health feed.
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sidemesh/sidemesh/controlplane/model"
+	"github.com/sidemesh/sidemesh/controlplane/translate"
+)
+
+// Applier serves a translation (the xDS server).
+type Applier interface {
+	Apply(ctx context.Context, out *translate.Output) error
+}
+
+// Controller loads, translates and applies.
+type Controller struct {
+	path     string
+	debounce time.Duration
+	log      *slog.Logger
+	apply    Applier
+
+	mu       sync.Mutex
+	mesh     *model.Mesh
+	health   translate.Health
+	status   Status
+	reloads  *prometheus.CounterVec
+	lastGood prometheus.Gauge
+}
+
+// Status is what /model shows.
+type Status struct {
+	Path        string    `json:"path"`
+	LoadedAt    time.Time `json:"loaded_at,omitzero"`
+	Services    int       `json:"services"`
+	Proxies     int       `json:"proxies"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	Unhealthy   int       `json:"unhealthy_endpoints"`
+}
+
+// New builds a controller; metrics go to reg (may be nil).
+func New(path string, debounce time.Duration, log *slog.Logger, apply Applier, reg prometheus.Registerer) *Controller {
+	c := &Controller{path: path, debounce: debounce, log: log, apply: apply, status: Status{Path: path}}
+	c.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sidemesh_controlplane_model_reloads_total", Help: "Model loads by result (ok, error).",
+	}, []string{"result"})
+	c.lastGood = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sidemesh_controlplane_model_last_good_timestamp_seconds", Help: "When the served model was loaded.",
+	})
+	if reg != nil {
+		reg.MustRegister(c.reloads, c.lastGood)
+	}
+	return c
+}
+
+// Load reads the model and serves it; on error the last good model (if any)
+// stays served and the error is kept for /model.
+func (c *Controller) Load(ctx context.Context) error {
+	m, err := model.Load(c.path)
+	if err == nil {
+		c.mu.Lock()
+		err = c.serve(ctx, m, c.health)
+		c.mu.Unlock()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.reloads.WithLabelValues("error").Inc()
+		c.status.LastError, c.status.LastErrorAt = err.Error(), time.Now()
+		return err
+	}
+	c.reloads.WithLabelValues("ok").Inc()
+	c.status.LastError, c.status.LastErrorAt = "", time.Time{}
+	c.status.LoadedAt, c.status.Services, c.status.Proxies = time.Now(), len(m.Services), len(m.Proxies)
+	c.lastGood.SetToCurrentTime()
+	return nil
+}
+
+// serve translates and applies; c.mu is held.
+func (c *Controller) serve(ctx context.Context, m *model.Mesh, h translate.Health) error {
+	out, err := translate.Build(m, h)
+	if err != nil {
+		return fmt.Errorf("translate: %w", err)
+	}
+	if err := c.apply.Apply(ctx, out); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	c.mesh = m
+	return nil
+}
+
+// SetHealth applies health feed verdicts (only EDS changes as a result).
+func (c *Controller) SetHealth(ctx context.Context, h translate.Health) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.health = h
+	n := 0
+	for _, st := range h {
+		if st.String() == "UNHEALTHY" {
+			n++
+		}
+	}
+	c.status.Unhealthy = n
+	if c.mesh == nil {
+		return
+	}
+	if err := c.serve(ctx, c.mesh, h); err != nil {
+		c.log.Error("applying health feed", "err", err)
+	}
+}
+
+// Status reports the model state.
+func (c *Controller) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.status
+}
+
+// Ready fails until a model is served.
+func (c *Controller) Ready(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mesh == nil {
+		return errors.New("no model loaded")
+	}
+	return nil
+}
+
+// ServeStatus is the /model admin page.
+func (c *Controller) ServeStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(c.Status())
+}
+
+// Watch reloads on every change to the model file or directory, once the
+// writes have been quiet for the debounce interval.
+func (c *Controller) Watch(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	defer w.Close()
+	st, err := os.Stat(c.path)
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	dir, base := c.path, ""
+	if !st.IsDir() {
+		// Watch the directory: editors and kubectl replace files by rename,
+		// which drops a watch on the file itself.
+		dir, base = filepath.Dir(c.path), filepath.Base(c.path)
+	}
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("watch %s: %w", dir, err)
+	}
+	var timer *time.Timer
+	var fire <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if base != "" && filepath.Base(ev.Name) != base && !isConfigMapSwap(ev.Name) {
+				continue
+			}
+			if timer == nil {
+				timer = time.NewTimer(c.debounce)
+			} else {
+				timer.Reset(c.debounce)
+			}
+			fire = timer.C
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			c.log.Warn("model watch error", "err", err)
+		case <-fire:
+			fire = nil
+			if err := c.Load(ctx); err != nil {
+				c.log.Error("model reload failed; still serving the last good model", "err", err)
+			} else {
+				c.log.Info("model reloaded", "path", c.path)
+			}
+		}
+	}
+}
+
+// isConfigMapSwap: Kubernetes updates a mounted ConfigMap by swapping the
+// ..data symlink, never touching the file's own name.
+func isConfigMapSwap(name string) bool {
+	return filepath.Base(name) == "..data"
+}
