@@ -55,17 +55,18 @@ type Entry struct {
 
 // Bench holds one bench run.
 type Bench struct {
-	Out     string // results directory
-	Bin     string // directory of the sidemesh binaries
-	Self    string // the loadtest binary (noop-rls, upstream run as children)
-	Redis   string // redis-server path ("" = absent)
-	Size    Size
-	Stdout  io.Writer
-	Stderr  io.Writer
-	Only    map[string]bool
-	stamp   string
-	dataDir string
-	entries []*Entry
+	Out       string // results directory
+	Bin       string // directory of the sidemesh binaries
+	Self      string // the loadtest binary (noop-rls, upstream run as children)
+	Redis     string // redis-server path ("" = absent)
+	Size      Size
+	Stdout    io.Writer
+	Stderr    io.Writer
+	Only      map[string]bool
+	stamp     string
+	loadStart string
+	dataDir   string
+	entries   []*Entry
 }
 
 func (b *Bench) bin(name string) string {
@@ -106,6 +107,7 @@ func (b *Bench) want(name string) bool { return len(b.Only) == 0 || b.Only[name]
 // Run runs every scenario and writes the report; it returns the report path.
 func (b *Bench) Run(ctx context.Context) (string, error) {
 	now := time.Now().UTC()
+	b.loadStart = loadAvg()
 	b.stamp = now.Format("2006-01-02")
 	b.dataDir = filepath.Join(b.Out, b.stamp)
 	if err := os.MkdirAll(b.dataDir, 0o755); err != nil {

@@ -18,6 +18,7 @@ func (b *Bench) writeMarkdown(w io.Writer, now time.Time) error {
 	rev, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	fmt.Fprintf(w, "Machine: %d CPUs, %s/%s, %s; commit %s. Everything on 127.0.0.1; the load generator shares the cores with the targets, so compare CPU per request more than req/s.\n\n",
 		runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), strings.TrimSpace(string(rev)))
+	fmt.Fprintf(w, "Load average (1/5/15 min) at the start: %s; at the end: %s. Other tenants share this machine: read the numbers with that in mind.\n\n", b.loadStart, loadAvg())
 	fmt.Fprintln(w, "| scenario | req/s | p50 µs | p99 µs | p99.9 µs | target CPU µs/req | target cores | target peak RSS MiB | checks |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, e := range b.entries {
@@ -102,4 +103,17 @@ func checks(r *report.Result) string {
 
 func cellText(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "|", "\\|"), "\n", " ")
+}
+
+// loadAvg is /proc/loadavg's first three fields ("?" where unavailable).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }

@@ -86,6 +86,9 @@ func Run(ctx context.Context, opt Options, r *report.Result) error {
 	r.AddCheck("coverage", ok, "%d of %d endpoints checked by ≥ %d connected proxies after %.2fs (fewest checkers %d)", view.Covered, m, opt.K, d.Seconds(), view.MinChecker)
 	if !ok {
 		v["coverage"] = float64(view.Covered) / float64(m)
+		v["connected_proxies"] = float64(view.Connected)
+		v["reconnects"] = float64(f.reconn.Load())
+		v["assigned_checks"] = float64(view.Assigned)
 		return nil
 	}
 

@@ -212,6 +212,7 @@ func Summarise(addr, mode string, opt Options, out *Outcome, elapsed time.Durati
 		v["change_max_ms"] = float64(r.Latency.Max) / 1000
 	}
 	v["broken_streams"] = float64(out.Failed)
+	v["undecodable_resources"] = float64(out.Bad)
 	if out.Err != nil {
 		r.ErrorSamples = []string{out.Err.Error()}
 	}

@@ -69,7 +69,7 @@ type Fleet struct {
 	nextID  atomic.Int64
 	wg      sync.WaitGroup
 	cancel  context.CancelFunc
-	errOnce sync.Once
+	errMu   sync.Mutex
 	err     error
 }
 
@@ -103,7 +103,11 @@ func (f *Fleet) start(ctx context.Context, conns []*grpc.ClientConn, n int, node
 			}
 			if err != nil && ctx.Err() == nil {
 				f.failed.Add(1)
-				f.errOnce.Do(func() { f.err = err })
+				f.errMu.Lock()
+				if f.err == nil {
+					f.err = err
+				}
+				f.errMu.Unlock()
 			}
 		}(conns[i%len(conns)])
 	}
@@ -119,7 +123,14 @@ func (f *Fleet) Stop() {
 func (f *Fleet) Bytes() int64 { return f.bytes.Load() }
 
 // Failed is the number of streams that broke, and the first error.
-func (f *Fleet) Failed() (int64, error) { return f.failed.Load(), f.err }
+func (f *Fleet) Failed() (int64, error) {
+	f.errMu.Lock()
+	defer f.errMu.Unlock()
+	return f.failed.Load(), f.err
+}
+
+// BadResources counts resources that did not decode as their type.
+func (f *Fleet) BadResources() int64 { return f.badRes.Load() }
 
 // Expect arms a change: from now on every client that ACKs a response
 // whose endpoints match m is recorded. Call Wait to collect.

@@ -34,6 +34,7 @@ type Outcome struct {
 	Changes []ChangeResult
 	Failed  int64 // broken streams
 	Err     error // first stream error
+	Bad     int64 // resources that did not decode
 }
 
 // Run starts the fleet, waits for the initial sync, makes each change and
@@ -81,6 +82,7 @@ func Run(ctx context.Context, conns []*grpc.ClientConn, opt Options, trig Trigge
 		}
 	}
 	out.Failed, out.Err = fl.Failed()
+	out.Bad = fl.BadResources()
 	return out, nil
 }
 
