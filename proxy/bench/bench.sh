@@ -25,11 +25,12 @@ cpu() { # total utime+stime ticks of a process and its children (nginx workers)
     set -- $(sed 's/^.*) //' /proc/$p/stat); t=$((t + ${12} + ${13}))
   done; echo $t; }
 HZ=$(getconf CLK_TCK)
-run() { # name port pid
-  local c0 c1 out reqs
-  c0=$(cpu $3)
-  out=$(wrk -t2 -c$CONNS -d${DUR}s --latency http://127.0.0.1:$2/ 2>&1)
-  c1=$(cpu $3)
+THREADS=2; [ "$CONNS" -lt 2 ] && THREADS=1
+run() { # name port pid (pid "-" = no CPU accounting)
+  local c0=0 c1=0 out reqs
+  [ "$3" != - ] && c0=$(cpu $3)
+  out=$(wrk -t$THREADS -c$CONNS -d${DUR}s --latency http://127.0.0.1:$2/ 2>&1)
+  [ "$3" != - ] && c1=$(cpu $3)
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   local errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   local p50=$(echo "$out" | awk '$1=="50%" {print $2}')
@@ -38,8 +39,8 @@ run() { # name port pid
 }
 for t in 8 28081 28082 28085; do curl -sf -o /dev/null http://127.0.0.1:${t#8}/ 2>/dev/null || true; done
 for name_port in nginx:28081:$NGINX haproxy:28082:$HAPROXY proxy:28085:$PROXY; do  # warm-up
-  IFS=: read n p pid <<< "$name_port"; wrk -t2 -c$CONNS -d2s http://127.0.0.1:$p/ >/dev/null; done
+  IFS=: read n p pid <<< "$name_port"; wrk -t$THREADS -c$CONNS -d2s http://127.0.0.1:$p/ >/dev/null; done
 for r in $(seq $ROUNDS); do
   echo "round $r (c$CONNS, ${DUR}s)"
-  run nginx 28081 $NGINX; run haproxy 28082 $HAPROXY; run proxy 28085 $PROXY
+  run direct 28000 -; run nginx 28081 $NGINX; run haproxy 28082 $HAPROXY; run proxy 28085 $PROXY
 done

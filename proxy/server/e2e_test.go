@@ -259,3 +259,24 @@ func TestNackKeepsLastGood(t *testing.T) {
 	c.Push(t, mt.Mesh{Listeners: good.Listeners, Routes: []types.Resource{fixed}, Clusters: good.Clusters, Endpoints: good.Endpoints})
 	mt.Eventually(t, "fixed config", func() bool { _, _, res := mt.Get(t, base, nil); return res != nil && res.Header.Get("X-Fixed") == "1" })
 }
+
+func TestKeepsServingWhileControlPlaneIsAway(t *testing.T) {
+	c := mt.StartCP(t)
+	a, b := mt.StartUpstream(t, "a"), mt.StartUpstream(t, "b")
+	port := mt.FreePort(t)
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", mt.RouteTo("/", "svc")), []*clusterv3.Cluster{mt.EDSCluster("svc")}, mt.CLA("svc", mt.EP{U: a})))
+	_, xc := runProxy(t, c, false)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 200 })
+	c.Stop()
+	mt.Eventually(t, "client notices", func() bool { return !xc.Connected() })
+	for i := 0; i < 20; i++ {
+		if code, who, _ := mt.Get(t, base, nil); code != 200 || who != "a" {
+			t.Fatalf("while the control plane is away: %d from %q", code, who)
+		}
+	}
+	// Back with a change: the client reconnects (jittered back-off) and applies it.
+	c.Push(t, basicMesh(port, mt.RouteConfig("r", mt.RouteTo("/", "svc")), []*clusterv3.Cluster{mt.EDSCluster("svc")}, mt.CLA("svc", mt.EP{U: b})))
+	c.Start(t)
+	mt.Eventually(t, "new endpoint after reconnect", func() bool { _, who, _ := mt.Get(t, base, nil); return who == "b" })
+}

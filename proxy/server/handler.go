@@ -136,9 +136,15 @@ func (h *httpHandler) forward(w http.ResponseWriter, r *http.Request, st *lstate
 		}
 	}
 	// Outgoing headers.
-	out := make(http.Header, len(r.Header)+4)
-	for k, v := range r.Header {
-		out[k] = v
+	// The request's own header map becomes the upstream's unless it carries
+	// hop-by-hop headers: net/http still reads those (e.g. Connection) after
+	// the handler, so then a copy is edited instead.
+	out := r.Header
+	if hasHopHeader(r.Header) {
+		out = make(http.Header, len(r.Header)+4)
+		for k, v := range r.Header {
+			out[k] = v
+		}
 	}
 	te := r.Header.Get("Te")
 	for _, k := range hopHeaders {
@@ -654,6 +660,15 @@ func (h *httpHandler) mirror(snap *Snapshot, rt *route.Route, oreq *http.Request
 			cl.End(hst, code)
 		}()
 	}
+}
+
+func hasHopHeader(h http.Header) bool {
+	for _, k := range hopHeaders {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 func headerHasToken(h http.Header, name, token string) bool {

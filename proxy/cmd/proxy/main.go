@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -50,6 +51,11 @@ func main() {
 }
 
 func run(ctx context.Context, env *app.Env) error {
+	if os.Getenv("GOGC") == "" {
+		// The live heap is small and steady; collecting less often saves a
+		// few percent of CPU per request for a few MiB.
+		debug.SetGCPercent(400)
+	}
 	get := func(n string) string { v, _ := env.Flags.GetString(n); return v }
 	sotw, _ := env.Flags.GetBool("xds-sotw")
 	var bc *bootstrap.Config

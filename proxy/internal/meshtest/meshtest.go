@@ -40,6 +40,8 @@ type CP struct {
 	version atomic.Int64
 	mu      sync.Mutex
 	nacks   []string
+	cb      serverv3.CallbackFuncs
+	stop    func()
 }
 
 func StartCP(t testing.TB) *CP {
@@ -63,19 +65,39 @@ func StartCP(t testing.TB) *CP {
 			return nil
 		},
 	}
+	c.cb = cb
+	c.serve(t, "127.0.0.1:0")
+	return c
+}
+
+func (c *CP) serve(t testing.TB, addr string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := serverv3.NewServer(ctx, c.cache, cb)
+	srv := serverv3.NewServer(ctx, c.cache, c.cb)
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var ln net.Listener
+	var err error
+	for i := 0; i < 100; i++ { // the old socket may linger for a moment
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Addr = ln.Addr().String()
 	go gs.Serve(ln)
-	t.Cleanup(func() { gs.Stop(); cancel() })
-	return c
+	c.stop = func() { gs.Stop(); cancel() }
+	t.Cleanup(c.stop)
 }
+
+// Stop takes the control plane away (its cache is kept).
+func (c *CP) Stop() { c.stop() }
+
+// Start brings a stopped control plane back on the same address.
+func (c *CP) Start(t testing.TB) { c.serve(t, c.Addr) }
 
 func (c *CP) NackList() []string {
 	c.mu.Lock()
