@@ -111,7 +111,12 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		if got {
 			backoff = minB
 		}
-		s.Log.Warn("health feed stream ended; trying the next replica", "addr", addr, "err", err, "retry_in", backoff)
+		// Warn once per outage, not on every retry.
+		lvl := slog.LevelDebug
+		if got || i == 0 {
+			lvl = slog.LevelWarn
+		}
+		s.Log.Log(ctx, lvl, "health feed stream ended; trying the next replica", "addr", addr, "err", err, "retry_in", backoff)
 		// Jitter keeps many control planes from reconnecting in lockstep.
 		wait := backoff/2 + rand.N(backoff/2+1)
 		select {

@@ -299,7 +299,7 @@ func (t *Tracker) Clients() []ClientInfo {
 func (t *Tracker) NACKs() []NACK {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out []NACK
+	out := []NACK{}
 	for _, byType := range t.nacks {
 		for _, n := range byType {
 			out = append(out, *n)
