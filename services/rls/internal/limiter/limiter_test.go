@@ -80,3 +80,43 @@ func TestOverCache(t *testing.T) {
 		t.Fatal("clear")
 	}
 }
+
+// TestRetryAfterIsExact checks the local cache's promise: when Remaining is
+// 0, a 1-hit request does not fit before now+RetryAfter and does fit at it
+// (nothing else charging meanwhile).
+func TestRetryAfterIsExact(t *testing.T) {
+	base := limitertest.Base()
+	for _, alg := range []rules.Algorithm{rules.FixedWindow, rules.SlidingWindow, rules.TokenBucket} {
+		for _, start := range []time.Duration{0, 7 * time.Second, 42*time.Second + 300*time.Millisecond} {
+			m := limiter.NewMemory()
+			key := limiter.Key("r:", alg, time.Minute, "d", "k", "v")
+			fill := []limiter.Item{{Key: key, Algorithm: alg, Unit: time.Minute, Limit: 10, Burst: 4, Hits: 1, Enforce: true}}
+			res := make([]limiter.Result, 1)
+			now := base.Add(start)
+			// Charge until remaining hits 0, spread a little over time.
+			for i := 0; i < 50 && (i == 0 || res[0].Remaining > 0); i++ {
+				now = now.Add(100 * time.Millisecond)
+				m.Check(context.Background(), now, fill, res)
+			}
+			if res[0].Remaining != 0 || res[0].RetryAfter <= 0 {
+				t.Fatalf("%v: could not reach remaining 0: %+v", alg, res[0])
+			}
+			retry := res[0].RetryAfter
+			probe := []limiter.Item{fill[0]}
+			probe[0].Hits = 0 // check whether 1 hit would fit, without charging
+			// A check-only request (hits 0) reports Remaining >= 1 exactly
+			// when one more hit would fit.
+			fits := func(at time.Time) bool {
+				r := make([]limiter.Result, 1)
+				m.Check(context.Background(), at, probe, r)
+				return r[0].Remaining >= 1
+			}
+			if retry > time.Millisecond && fits(now.Add(retry-time.Millisecond)) {
+				t.Errorf("%v start %v: 1 hit fits before RetryAfter %v", alg, start, retry)
+			}
+			if !fits(now.Add(retry)) {
+				t.Errorf("%v start %v: 1 hit does not fit at RetryAfter %v", alg, start, retry)
+			}
+		}
+	}
+}
