@@ -340,7 +340,12 @@ func (b *Bench) xds(ctx context.Context, logs string) {
 		}
 		xaddr, _ := harness.FreeAddr()
 		aaddr, _ := harness.FreeAddr()
-		cp, err := startProc(logs, "controlplane-"+mode, b.bin("controlplane"), "--xds-addr", xaddr, "--admin-addr", aaddr, "--model", model)
+		args := []string{"--xds-addr", xaddr, "--admin-addr", aaddr, "--model", model}
+		// Measure the fan-out, not the file watcher's quiet period.
+		if help, _ := exec.Command(b.bin("controlplane"), "--help").Output(); bytes.Contains(help, []byte("--reload-debounce")) {
+			args = append(args, "--reload-debounce", "10ms")
+		}
+		cp, err := startProc(logs, "controlplane-"+mode, b.bin("controlplane"), args...)
 		if err == nil {
 			err = cp.waitPort(ctx, xaddr, 20*time.Second)
 		}

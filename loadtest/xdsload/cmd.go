@@ -96,6 +96,12 @@ func run(ctx context.Context, env *app.Env) error {
 	if err := harness.CheckAddr(ctx, fs, "target", addr); err != nil {
 		return err
 	}
+	if m, ok := trig.(*Model); ok {
+		// Start from this run's own model (fresh marker, nothing moved).
+		if err := m.Write(); err != nil {
+			return fmt.Errorf("writing %s: %w", m.Path, err)
+		}
+	}
 	src, err := harness.TargetSource(ctx, fs)
 	if err != nil {
 		return err
@@ -171,8 +177,8 @@ func buildTrigger(fs *pflag.FlagSet, opt *Options) (Trigger, error) {
 	if err != nil {
 		return nil, app.Usagef("%v", err)
 	}
-	m := &Model{Path: model, Services: s, Eps: e, Rename: wm == "rename"}
-	opt.Initial = HasPort(m.LastPort())
+	m := &Model{Path: model, Services: s, Eps: e, Rename: wm == "rename", Epoch: uint32(time.Now().UnixNano()/1000) % epochs}
+	opt.Initial = HasPort(m.MarkerPort())
 	return m, nil
 }
 

@@ -18,11 +18,17 @@ type Trigger interface {
 }
 
 // Port layout of generated models: endpoint e of service s listens on
-// basePort+s·E+e; change k moves one endpoint to changePort+k.
+// basePort+s·E+e, except the very last endpoint, which is the run's marker
+// on markerPort+epoch; change k moves one endpoint to a port derived from
+// epoch and k. A fresh epoch per run keeps ports of earlier runs (or a model
+// still being reloaded) from passing for this run's changes.
 const (
-	basePort   = 20000
-	changePort = 60000
-	maxPorts   = changePort - basePort
+	basePort    = 20000
+	maxPorts    = 30000
+	markerPort  = 50000
+	changePort  = 55000
+	epochs      = 5000
+	changePorts = 10000
 )
 
 // Model writes sidemesh controlplane model files (controlplane/model): S
@@ -31,7 +37,8 @@ type Model struct {
 	Path     string
 	Services int
 	Eps      int
-	Rename   bool // write a temp file and rename it over Path (atomic)
+	Rename   bool   // write a temp file and rename it over Path (atomic)
+	Epoch    uint32 // per run, < 5000
 	moved    map[int]uint32
 }
 
@@ -50,9 +57,21 @@ func ParseSize(s string) (services, eps int, err error) {
 	return services, eps, nil
 }
 
-// LastPort is the port of the last generated endpoint: seeing it means the
-// generated model is the one being served.
-func (m *Model) LastPort() uint32 { return uint32(basePort + m.Services*m.Eps - 1) }
+// MarkerPort is the port of the last generated endpoint: seeing it means
+// this run's model is the one being served.
+func (m *Model) MarkerPort() uint32 { return markerPort + m.Epoch%epochs }
+
+func (m *Model) port(s, e int) uint32 {
+	if s == m.Services-1 && e == m.Eps-1 {
+		return m.MarkerPort()
+	}
+	if e == 0 {
+		if p, ok := m.moved[s]; ok {
+			return p
+		}
+	}
+	return uint32(basePort + s*m.Eps + e)
+}
 
 // Write renders the model with every change so far.
 func (m *Model) Write() error {
@@ -61,12 +80,7 @@ func (m *Model) Write() error {
 	for s := range m.Services {
 		fmt.Fprintf(&b, "  - name: lt-svc-%d\n    protocol: http\n    endpoints:\n", s)
 		for e := range m.Eps {
-			port := uint32(basePort + s*m.Eps + e)
-			if e == 0 {
-				if p, ok := m.moved[s]; ok {
-					port = p
-				}
-			}
+			port := m.port(s, e)
 			fmt.Fprintf(&b, "      - {address: 127.0.0.1, port: %d, zone: zone-%c}\n", port, 'a'+rune(e%2))
 		}
 	}
@@ -94,7 +108,7 @@ func (m *Model) Change(_ context.Context, k int, arm func(Matcher)) error {
 	if m.moved == nil {
 		m.moved = map[int]uint32{}
 	}
-	port := uint32(changePort + k%(65535-changePort))
+	port := uint32(changePort + (int(m.Epoch)*7+k)%changePorts)
 	m.moved[k%m.Services] = port
 	arm(HasPort(port))
 	if err := m.Write(); err != nil {

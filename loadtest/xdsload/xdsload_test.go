@@ -99,18 +99,21 @@ func (ms *modelServer) set(t testing.TB, m yamlModel) {
 	}
 }
 
-// watch reloads path whenever its content changes.
-func (ms *modelServer) watch(t *testing.T, path string) {
+// watch reloads path whenever its content changes, at most limit times
+// (0: no limit).
+func (ms *modelServer) watch(t *testing.T, path string, limit int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() {
 		var last string
-		for ctx.Err() == nil {
+		loads := 0
+		for ctx.Err() == nil && (limit == 0 || loads < limit) {
 			if b, err := os.ReadFile(path); err == nil && string(b) != last {
 				var m yamlModel
 				if yaml.Unmarshal(b, &m) == nil && len(m.Services) > 0 {
 					last = string(b)
 					ms.set(t, m)
+					loads++
 				}
 			}
 			time.Sleep(10 * time.Millisecond)
@@ -140,9 +143,9 @@ func TestFleetSotWAndDelta(t *testing.T) {
 			if err := m.Write(); err != nil {
 				t.Fatal(err)
 			}
-			ms.watch(t, path)
+			ms.watch(t, path, 0)
 			opt := Options{Clients: 30, Delta: delta, Node: Node{IDPrefix: "t", Role: "sidecar"}, Changes: 3,
-				ChangeTimeout: 30 * time.Second, Initial: HasPort(m.LastPort())}
+				ChangeTimeout: 30 * time.Second, Initial: HasPort(m.MarkerPort())}
 			out, err := Run(context.Background(), dial(t, ms.addr, 5), opt, m)
 			if err != nil {
 				t.Fatal(err)
@@ -176,7 +179,7 @@ func TestCommandEndToEnd(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("generate-only: exit %d %s", code, stderr)
 	}
-	ms.watch(t, path)
+	ms.watch(t, path, 0)
 	code, r, stderr := harnesstest.Exec(t, Spec(), "--target", ms.addr, "--clients", "10", "--mode", "delta", "--model", path,
 		"--generate", "10x2", "--changes", "2", "--pause", "10ms", "--target-pid", strconv.Itoa(os.Getpid()))
 	if code != 0 {
@@ -194,14 +197,9 @@ func TestCommandEndToEnd(t *testing.T) {
 func TestUnservedChangeFails(t *testing.T) {
 	ms := startServer(t)
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
-	m := &Model{Path: path, Services: 2, Eps: 1}
-	m.Write()
-	var ym yamlModel
-	b, _ := os.ReadFile(path)
-	yaml.Unmarshal(b, &ym)
-	ms.set(t, ym) // served once, never reloaded
+	ms.watch(t, path, 1) // serves the run's initial model, then never reloads
 	code, r, _ := harnesstest.Exec(t, Spec(), "--target", ms.addr, "--clients", "3", "--model", path, "--generate", "2x1",
-		"--changes", "1", "--change-timeout", "500ms")
+		"--changes", "1", "--change-timeout", "2s")
 	if code == 0 || r.Errors != 3 || !r.Failed() {
 		t.Fatalf("exit %d result %+v", code, r)
 	}
