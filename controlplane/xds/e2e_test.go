@@ -58,15 +58,22 @@ func startServer(t *testing.T) *env {
 // apply parses a model and serves it.
 func (e *env) apply(yaml string, health translate.Health) *translate.Output {
 	e.t.Helper()
+	out := e.build(yaml, health)
+	if err := e.srv.Apply(e.ctx, out); err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// build parses and translates a model.
+func (e *env) build(yaml string, health translate.Health) *translate.Output {
+	e.t.Helper()
 	m, err := model.Parse(model.Source{Name: "test.yaml", Data: []byte(yaml)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	out, err := translate.Build(m, health)
 	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := e.srv.Apply(e.ctx, out); err != nil {
 		e.t.Fatal(err)
 	}
 	return out
