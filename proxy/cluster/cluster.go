@@ -51,6 +51,8 @@ type Cluster struct {
 	maxRequests int64
 	maxPending  int64
 	maxRetries  int64
+	budgetPct   float64 // retry budget: % of active requests; 0 = none
+	budgetMin   int64
 	trackPend   bool
 	outlier     *outlierConfig
 
@@ -163,6 +165,16 @@ func Build(c *clusterv3.Cluster, prev *Cluster, m *stats.Metrics) (*Cluster, err
 		if v := t.GetMaxRetries(); v != nil {
 			cl.maxRetries = int64(v.GetValue())
 		}
+		if rb := t.GetRetryBudget(); rb != nil {
+			// Envoy: a budget replaces max_retries; defaults 20% and 3.
+			cl.budgetPct, cl.budgetMin = 20, 3
+			if p := rb.GetBudgetPercent(); p != nil {
+				cl.budgetPct = p.GetValue()
+			}
+			if m := rb.GetMinRetryConcurrency(); m != nil {
+				cl.budgetMin = int64(m.GetValue())
+			}
+		}
 	}
 	if od := c.GetOutlierDetection(); od != nil {
 		o := &outlierConfig{consec5xx: 5, consecGw: 5, enforce5xx: true, base: 30 * time.Second, maxEject: 300 * time.Second, maxPct: 10}
@@ -258,9 +270,14 @@ func (c *Cluster) Acquire() bool {
 // Release ends a request admitted by Acquire.
 func (c *Cluster) Release() { c.active.Add(-1) }
 
-// AcquireRetry applies the max_retries circuit breaker.
+// AcquireRetry applies the max_retries circuit breaker, or the retry budget
+// (a share of the requests in flight) when one is configured.
 func (c *Cluster) AcquireRetry() bool {
-	if c.retries.Add(1) > c.maxRetries {
+	limit := c.maxRetries
+	if c.budgetPct > 0 {
+		limit = max(c.budgetMin, int64(float64(c.active.Load())*c.budgetPct/100))
+	}
+	if c.retries.Add(1) > limit {
 		c.retries.Add(-1)
 		c.Stats.RetryOverflow.Inc()
 		return false

@@ -193,3 +193,25 @@ func TestOutlierEjection(t *testing.T) {
 		}
 	}
 }
+
+func TestRetryBudget(t *testing.T) {
+	c := &clusterv3.Cluster{Name: "c", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		LoadAssignment: makeCLA([]hostSpec{{port: 1}}),
+		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+			RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{MinRetryConcurrency: wrapperspb.UInt32(2)}}}}}
+	cl, err := Build(c, nil, stats.New(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50; i++ {
+		cl.Acquire()
+	}
+	// 20% of 50 active = 10 concurrent retries.
+	n := 0
+	for cl.AcquireRetry() {
+		n++
+	}
+	if n != 10 {
+		t.Fatalf("budget allowed %d retries, want 10", n)
+	}
+}

@@ -1,7 +1,10 @@
 package server_test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -11,11 +14,16 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
 	mt "github.com/sidemesh/sidemesh/proxy/internal/meshtest"
+	"github.com/sidemesh/sidemesh/proxy/server"
+	"github.com/sidemesh/sidemesh/proxy/stats"
+	"github.com/sidemesh/sidemesh/proxy/xds"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -279,4 +287,85 @@ func TestKeepsServingWhileControlPlaneIsAway(t *testing.T) {
 	c.Push(t, basicMesh(port, mt.RouteConfig("r", mt.RouteTo("/", "svc")), []*clusterv3.Cluster{mt.EDSCluster("svc")}, mt.CLA("svc", mt.EP{U: b})))
 	c.Start(t)
 	mt.Eventually(t, "new endpoint after reconnect", func() bool { _, who, _ := mt.Get(t, base, nil); return who == "b" })
+}
+
+func TestRemovedListenerDrains(t *testing.T) {
+	c := mt.StartCP(t)
+	a := mt.StartUpstream(t, "a")
+	port, port2 := mt.FreePort(t), mt.FreePort(t)
+	both := basicMesh(port, mt.RouteConfig("r", mt.RouteTo("/", "svc")), []*clusterv3.Cluster{mt.EDSCluster("svc")}, mt.CLA("svc", mt.EP{U: a}))
+	both.Listeners = append(both.Listeners, mt.Listener("second", port2, "r"))
+	c.Push(t, both)
+	runProxy(t, c, false)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 200 })
+	// A slow request is in flight on the listener that goes away.
+	a.Delay.Store(int64(700 * time.Millisecond))
+	res := make(chan int, 1)
+	go func() { code, _, _ := mt.Get(t, base+"/slow", nil); res <- code }()
+	mt.Eventually(t, "slow request at the upstream", func() bool { return a.Hits.Load() >= 2 })
+	only := both
+	only.Listeners = both.Listeners[1:]
+	c.Push(t, only)
+	if code := <-res; code != 200 {
+		t.Fatalf("in-flight request on the removed listener: %d", code)
+	}
+	a.Delay.Store(0)
+	mt.Eventually(t, "removed listener closed", func() bool {
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	})
+	if code, _, _ := mt.Get(t, fmt.Sprintf("http://127.0.0.1:%d", port2), nil); code != 200 {
+		t.Fatalf("remaining listener: %d", code)
+	}
+}
+
+func TestAccessLog(t *testing.T) {
+	a := mt.StartUpstream(t, "a")
+	port := mt.FreePort(t)
+	var buf syncBuffer
+	px := server.New(server.Options{Metrics: stats.New(nil), AccessLog: &buf, DrainTimeout: time.Second})
+	defer px.Shutdown(context.Background())
+	r := xds.NewResources()
+	l := mt.Listener("l", port, "r")
+	r.Listeners = map[string]*listenerv3.Listener{"l": l}
+	r.Routes = map[string]*routev3.RouteConfiguration{"r": mt.RouteConfig("r", mt.RouteTo("/", "svc"))}
+	cl := mt.EDSCluster("svc")
+	r.Clusters = map[string]*clusterv3.Cluster{"svc": cl}
+	r.Endpoints = map[string]*endpointv3.ClusterLoadAssignment{"svc": mt.CLA("svc", mt.EP{U: a})}
+	if err := px.Apply(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	code, _, _ := mt.Get(t, fmt.Sprintf("http://127.0.0.1:%d/logged?x=1", port), map[string]string{"X-Request-Id": "rid-1"})
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	mt.Eventually(t, "access log line", func() bool { return strings.Contains(buf.String(), `"request_id":"rid-1"`) })
+	var line map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(buf.String())), &line); err != nil {
+		t.Fatalf("access log is not one JSON line: %v: %s", err, buf.String())
+	}
+	if line["path"] != "/logged?x=1" || line["response_code"] != float64(200) || line["upstream_cluster"] != "svc" || line["upstream_host"] != a.Addr {
+		t.Fatalf("access log fields: %v", line)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
