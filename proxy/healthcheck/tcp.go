@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -67,6 +68,11 @@ func (p *tcpProber) probe(ctx context.Context, t Target) Result {
 			return Result{}
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// The conn deadline is the probe deadline; it can fire a
+				// moment before the context notices.
+				return Result{Kind: FailTimeout, Err: err}
+			}
 			if errors.Is(err, io.EOF) {
 				err = errors.New("connection closed before the expected payload")
 			}
