@@ -49,7 +49,7 @@ type VoteView struct {
 
 // Assignments builds the /assignments view.
 func (r *Replica) Assignments() AssignmentView {
-	proxies, members := r.eligible()
+	_, proxies, members := r.eligible()
 	a := r.assignment()
 	v := AssignmentView{Replica: r.Name(), Members: members}
 	if a != nil {
@@ -77,7 +77,7 @@ func (r *Replica) Assignments() AssignmentView {
 
 // Endpoints builds the /endpoints view.
 func (r *Replica) Endpoints() []EndpointView {
-	proxies, _ := r.eligible()
+	proxies, _, _ := r.eligible()
 	a := r.assignment()
 	ix := r.snap.Load()
 	var out []EndpointView

@@ -31,7 +31,10 @@ type Config struct {
 	// StaleAfter: a proxy silent this long has stale votes (default 3 ×
 	// ReportInterval).
 	StaleAfter time.Duration
-	Verdict    verdict.Config
+	// ReassignAfter: a stale proxy's work moves after this much more
+	// silence (default 10 × ReportInterval).
+	ReassignAfter time.Duration
+	Verdict       verdict.Config
 	// TombstoneTTL is how long tombstones are kept (default 10 min).
 	TombstoneTTL time.Duration
 	Ring         ring.Config
@@ -95,6 +98,9 @@ func New(cfg Config) (*Replica, error) {
 	}
 	if cfg.StaleAfter <= 0 {
 		cfg.StaleAfter = 3 * cfg.ReportInterval
+	}
+	if cfg.ReassignAfter <= 0 {
+		cfg.ReassignAfter = 10 * cfg.ReportInterval
 	}
 	if cfg.TombstoneTTL <= 0 {
 		cfg.TombstoneTTL = 10 * time.Minute
@@ -239,29 +245,38 @@ func (r *Replica) stop(leave bool) {
 	}
 }
 
-// eligible returns the proxies that may check: connected to a live
-// replica, reporting.
-func (r *Replica) eligible() (map[string]ring.ProxyEntry, []string) {
-	members := r.ring.Members()
+// eligible returns the proxies whose votes are fresh (connected to a live
+// replica, reporting) and those that may be given work: a proxy that went
+// silent keeps its work for ReassignAfter, so a replica or proxy starved of
+// CPU for a few seconds does not move work back and forth.
+func (r *Replica) eligible() (fresh, assignable map[string]ring.ProxyEntry, members []string) {
+	members = r.ring.Members()
 	alive := map[string]bool{}
 	for _, m := range members {
 		alive[m] = true
 	}
-	out := map[string]ring.ProxyEntry{}
+	fresh, assignable = map[string]ring.ProxyEntry{}, map[string]ring.ProxyEntry{}
+	grace := time.Now().Add(-r.cfg.ReassignAfter).UnixNano()
 	for _, p := range r.state.Proxies() {
-		if p.Live && !p.Stale && alive[p.Replica] {
-			out[p.ID] = p
+		if !p.Live || !alive[p.Replica] {
+			continue
+		}
+		if !p.Stale {
+			fresh[p.ID] = p
+		}
+		if !p.Stale || p.TS > grace {
+			assignable[p.ID] = p
 		}
 	}
-	return out, members
+	return fresh, assignable, members
 }
 
 func (r *Replica) recompute() {
 	ix := r.snap.Load()
-	proxies, members := r.eligible()
+	proxies, assignable, members := r.eligible()
 
-	ps := make([]assign.Proxy, 0, len(proxies))
-	for _, p := range proxies {
+	ps := make([]assign.Proxy, 0, len(assignable))
+	for _, p := range assignable {
 		ps = append(ps, assign.Proxy{ID: p.ID, Zone: p.Zone, Caps: p.Caps})
 	}
 	slices.SortFunc(ps, func(a, b assign.Proxy) int {
@@ -372,7 +387,7 @@ func (r *Replica) recompute() {
 	for _, s := range sessions {
 		s.notify()
 	}
-	r.met.update(asg, proxies, members, len(sessions), suspects)
+	r.met.update(asg, assignable, members, len(sessions), suspects)
 	for i, n := range counts {
 		r.met.verdicts.WithLabelValues(verdict.Verdict(i).String()).Set(float64(n))
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"net/http/pprof"
 	"os"
 	"strconv"
 
@@ -57,7 +58,9 @@ func flags(fs *pflag.FlagSet) {
 	fs.Float64("load-factor", 1.5, "cap any proxy at load-factor × the mean checks per proxy (0: no cap)")
 	fs.Duration("report-interval", 1_000_000_000, "how often proxies report (HealthCheckSpecifier.interval)")
 	fs.Duration("stale-after", 0, "a silent proxy's votes go stale after this (0: 3 × report-interval)")
+	fs.Duration("reassign-after", 0, "a silent proxy's work moves to others after this (0: 10 × report-interval)")
 	fs.String("verdict-rule", string(verdict.AnyHealthy), "any-healthy (healthy if any fresh checker says so) or majority")
+	fs.Bool("pprof", false, "serve /debug/pprof on the admin port")
 	fs.Float64("suspect-fraction", 0.8, "a checker reporting at least this share of its endpoints down against its peers is ignored (0: off)")
 	fs.Int("suspect-min", 3, "only checkers with at least this many endpoints can be suspect")
 }
@@ -102,6 +105,7 @@ func run(ctx context.Context, env *app.Env) error {
 	lf, _ := f.GetFloat64("load-factor")
 	ri, _ := f.GetDuration("report-interval")
 	stale, _ := f.GetDuration("stale-after")
+	reassign, _ := f.GetDuration("reassign-after")
 	rule, err := verdict.ParseRule(str("verdict-rule"))
 	if err != nil {
 		return app.Usagef("--verdict-rule: %v", err)
@@ -140,7 +144,7 @@ func run(ctx context.Context, env *app.Env) error {
 		return app.Usagef("--grpc-addr %s: %v", grpcAddr, err)
 	}
 	rep, err := replica.New(replica.Config{
-		K: k, LoadFactor: lf, ReportInterval: ri, StaleAfter: stale,
+		K: k, LoadFactor: lf, ReportInterval: ri, StaleAfter: stale, ReassignAfter: reassign,
 		Verdict: verdict.Config{Rule: rule, SuspectFraction: sf, SuspectMin: sm},
 		Log:     env.Log,
 		Ring: ring.Config{
@@ -160,6 +164,10 @@ func run(ctx context.Context, env *app.Env) error {
 		env.Admin.HandleFunc(pattern, h)
 	}
 	env.Admin.AddReadyCheck("catalog", rep.Ready)
+	if on, _ := f.GetBool("pprof"); on {
+		env.Admin.HandleFunc("GET /debug/pprof/", pprof.Index)
+		env.Admin.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	}
 
 	gs := grpcserver.New()
 	server.Register(gs.Server, rep, rep)
