@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -329,5 +328,3 @@ func TestBadConfigExitsWithUsage(t *testing.T) {
 		}
 	}
 }
-
-var _ = fmt.Sprint

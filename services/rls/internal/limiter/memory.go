@@ -42,28 +42,45 @@ func (m *Memory) Check(_ context.Context, now time.Time, items []Item, results [
 		m.sweep(nowUS)
 		m.nextSweep = nowUS + int64(time.Second/time.Microsecond)
 	}
-	var stack [8]State
-	var fitStack [8]bool
-	states, fits := stack[:0], fitStack[:0]
+	// Items are evaluated in order, each seeing the hits charged by the items
+	// before it (like the Redis script); a rejected request is undone.
+	var undoBuf [8]undo
+	undos := undoBuf[:0]
 	rejected := false
 	for i := range items {
 		it := &items[i]
 		s := m.read(it, now, nowUS)
 		f := Fits(it, s, nowUS)
-		states, fits = append(states, s), append(fits, f)
 		if !f && it.Enforce {
 			rejected = true
 		}
-	}
-	for i := range items {
-		it := &items[i]
-		charged := !rejected && fits[i]
-		if charged && it.Hits > 0 {
-			m.charge(it, states[i], now, nowUS)
+		if f && it.Hits > 0 {
+			undos = append(undos, m.charge(it, s, now, nowUS))
 		}
-		results[i] = Outcome(it, states[i], !fits[i], charged, nowUS)
+		results[i] = Outcome(it, s, !f, f, nowUS)
+	}
+	if rejected {
+		for _, u := range undos {
+			if u.existed {
+				m.vals[u.key] = u.prev
+			} else {
+				delete(m.vals, u.key)
+			}
+		}
+		for i := range results {
+			if results[i].Charged {
+				results[i] = Outcome(&items[i], m.read(&items[i], now, nowUS), false, false, nowUS)
+			}
+		}
 	}
 	return nil
+}
+
+// undo restores one counter.
+type undo struct {
+	key     string
+	prev    memVal
+	existed bool
 }
 
 func (m *Memory) read(it *Item, now time.Time, nowUS int64) State {
@@ -81,20 +98,30 @@ func (m *Memory) read(it *Item, now time.Time, nowUS int64) State {
 	}
 }
 
-func (m *Memory) charge(it *Item, s State, now time.Time, nowUS int64) {
+func (m *Memory) charge(it *Item, s State, now time.Time, nowUS int64) undo {
 	u := it.Unit.Microseconds()
 	h := int64(it.Hits)
+	var k string
 	switch it.Algorithm {
 	case rules.SlidingWindow:
-		k := WindowKey(it.Key, WindowStart(now, it.Unit))
+		k = WindowKey(it.Key, WindowStart(now, it.Unit))
+	case rules.TokenBucket:
+		k = it.Key
+	default:
+		k = WindowKey(it.Key, WindowStart(now, it.Unit))
+	}
+	prev, existed := m.vals[k]
+	switch it.Algorithm {
+	case rules.SlidingWindow:
 		m.add(k, h, nowUS, nowUS+2*u)
 	case rules.TokenBucket:
 		t, _ := Emission(it)
 		tat := max(s.A, nowUS) + h*t
-		m.vals[it.Key] = memVal{v: tat, expireUS: tat}
+		m.vals[k] = memVal{v: tat, expireUS: tat}
 	default:
-		m.add(WindowKey(it.Key, WindowStart(now, it.Unit)), h, nowUS, nowUS+u)
+		m.add(k, h, nowUS, nowUS+u)
 	}
+	return undo{key: k, prev: prev, existed: existed}
 }
 
 // add increments k, setting its expiry only when it is created (as the Lua

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -166,5 +165,4 @@ func TestRedisCluster(t *testing.T) {
 	if other != total {
 		t.Fatalf("other counters hold %d hits, admitted requests %d: rejected requests were not refunded", other, total)
 	}
-	_ = os.Getenv
 }

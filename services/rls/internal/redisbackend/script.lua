@@ -8,9 +8,11 @@
 --   bucket:  1 key;                  p1 = emission interval T (µs), p2 = tolerance tau (µs)
 -- Returns one string: per request "rejected:over,A,B,over,A,B", joined by "|".
 -- Hits that do not fit charge nothing; a rejected request charges no item.
--- Windows are charged optimistically (INCRBY, then DECRBY back if the hits do
--- not fit or the request is rejected): the script is atomic, so nobody sees
--- the intermediate value, and the common case costs one call instead of two.
+-- Items are evaluated in order, each seeing the hits of the items before it
+-- (as the anchor's INCRBY pipeline does). Windows are charged optimistically
+-- (INCRBY, then DECRBY back if the hits do not fit or the request is
+-- rejected); a charged bucket is restored if the request is rejected. The
+-- script is atomic, so nobody sees the intermediate values.
 local ki, ai = 1, 1
 local out = {}
 while ai <= #ARGV do
@@ -18,7 +20,7 @@ while ai <= #ARGV do
   ai = ai + 2
   local rejected = 0
   local parts = {}
-  local key, fits, prev, added = {}, {}, {}, {}
+  local key, fits, added = {}, {}, {}
   for i = 1, n do
     local b0 = ai + (i - 1) * 6
     local alg, L, h = ARGV[b0], tonumber(ARGV[b0 + 1]), tonumber(ARGV[b0 + 2])
@@ -26,8 +28,16 @@ while ai <= #ARGV do
     local a, b, ok = 0, 0, false
     if alg == '3' then
       key[i] = KEYS[ki]
-      a = tonumber(redis.call('GET', key[i]) or '0')
+      local raw = redis.call('GET', key[i])
+      a = tonumber(raw or '0')
       ok = L > 0 and math.max(a, now) + h * p1 - now <= p2
+      if ok and h > 0 then
+        -- Charge now (later items of this request see it); undone below
+        -- if the request is rejected.
+        local tat = math.max(a, now) + h * p1
+        added[i] = {raw, redis.call('PTTL', key[i])}
+        redis.call('SET', key[i], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+      end
       ki = ki + 1
     else
       local c, ttl = 0, p1
@@ -57,21 +67,23 @@ while ai <= #ARGV do
         ok = a + h <= L
       end
     end
-    fits[i], prev[i] = ok, a
+    fits[i] = ok
     if not ok and ARGV[b0 + 3] == '1' then rejected = 1 end
     if alg == '3' then a = string.format('%.0f', a) end
     parts[#parts + 1] = (ok and '0,' or '1,') .. a .. ',' .. b
   end
   for i = 1, n do
-    local b0 = ai + (i - 1) * 6
-    if added[i] and (rejected == 1 or not fits[i]) then
-      redis.call('DECRBY', key[i], added[i])
-    elseif rejected == 0 and fits[i] and ARGV[b0] == '3' then
-      local h, p1 = tonumber(ARGV[b0 + 2]), tonumber(ARGV[b0 + 4])
-      if h > 0 then
-        local tat = math.max(prev[i], now) + h * p1
-        redis.call('SET', key[i], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+    local undo = added[i]
+    if type(undo) == 'table' then
+      if rejected == 1 then
+        if not undo[1] then
+          redis.call('DEL', key[i])
+        elseif undo[2] > 0 then
+          redis.call('SET', key[i], undo[1], 'PX', undo[2])
+        end
       end
+    elseif undo and (rejected == 1 or not fits[i]) then
+      redis.call('DECRBY', key[i], undo)
     end
   end
   ai = ai + n * 6

@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"math"
 	"net"
@@ -475,5 +474,3 @@ func FuzzShouldRateLimit(f *testing.F) {
 		}
 	})
 }
-
-var _ = errors.New

@@ -105,6 +105,21 @@ func Run(t *testing.T, newBackend func(t *testing.T) limiter.Backend) {
 			{at: time.Second, items: []limiter.Item{wide}, over: []bool{false}, remaining: []uint32{3}},
 		})
 	})
+	t.Run("RepeatedDescriptorSeesEarlierHits", func(t *testing.T) {
+		b := newBackend(t)
+		for _, alg := range []rules.Algorithm{rules.FixedWindow, rules.SlidingWindow, rules.TokenBucket} {
+			k := key("twice")
+			it := item(k, alg, time.Hour, 3, 1)
+			// Evaluated in order: the second copy sees the first's hit.
+			run(t, b, []step{
+				{at: time.Second, items: []limiter.Item{it, it}, over: []bool{false, false}, remaining: []uint32{2, 1}},
+				// 1 left: the second copy does not fit, the request is
+				// rejected and the first copy's hit is taken back.
+				{at: time.Second, items: []limiter.Item{it, it}, over: []bool{false, true}, remaining: []uint32{1, 0}},
+				{at: time.Second, items: []limiter.Item{it}, over: []bool{false}, remaining: []uint32{0}},
+			})
+		}
+	})
 	t.Run("ShadowNeverRejects", func(t *testing.T) {
 		b := newBackend(t)
 		s := item(key("shadow"), rules.FixedWindow, time.Hour, 1, 1)
