@@ -174,6 +174,8 @@ func (r *Redis) Check(ctx context.Context, now time.Time, items []limiter.Item, 
 	select {
 	case r.queue <- j:
 	default:
+		// Counts as a failure (it also ends a half-open probe that never ran).
+		r.br.failure(now)
 		r.errs.WithLabelValues("queue_full").Inc()
 		return fmt.Errorf("%w: redis queue full", limiter.ErrUnavailable)
 	}
