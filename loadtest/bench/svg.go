@@ -95,6 +95,7 @@ func bars(b *strings.Builder, x0, y0 int, title string, vals []Bar) {
 	if top <= 0 {
 		top = 1
 	}
+	top *= 1.12 // headroom for the value labels above the bars
 	px, py, pw, ph := axis(b, x0, y0, title, top)
 	if len(vals) == 0 {
 		return

@@ -146,7 +146,7 @@ func run(ctx context.Context, env *app.Env) error {
 		if err != nil {
 			return fmt.Errorf("target cost: %w", err)
 		}
-		res.Cost = harness.Cost(st, res.Requests, elapsed)
+		res.Cost = harness.Cost(st, 0, elapsed) // CPU per (client, change) would mislead: the run includes the initial sync
 	}
 	if runErr != nil {
 		res.AddCheck("run", false, "%v", runErr)
