@@ -9,13 +9,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"regexp"
-	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+
+	"github.com/sidemesh/sidemesh/proxy/internal/strmatch"
 )
 
 type statusRange struct{ start, end int } // [start, end)
@@ -81,7 +80,7 @@ func newHTTPProber(hc *corev3.HealthCheck) (*httpProber, error) {
 		return nil, fmt.Errorf("http_health_check.receive: %d bytes exceed response_buffer_size %d", total, p.bufSize)
 	}
 	if m := h.GetServiceNameMatcher(); m != nil {
-		if p.serviceName, err = stringMatcher(m); err != nil {
+		if p.serviceName, err = strmatch.Compile(m); err != nil {
 			return nil, fmt.Errorf("http_health_check.service_name_matcher: %w", err)
 		}
 	}
@@ -140,37 +139,6 @@ func payload(p *corev3.HealthCheck_Payload) ([]byte, error) {
 		return v.Binary, nil
 	}
 	return nil, errors.New("payload: text or binary required")
-}
-
-func stringMatcher(m *matcherv3.StringMatcher) (func(string) bool, error) {
-	fold := m.GetIgnoreCase()
-	norm := func(s string) string {
-		if fold {
-			return strings.ToLower(s)
-		}
-		return s
-	}
-	switch p := m.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
-		want := norm(p.Exact)
-		return func(s string) bool { return norm(s) == want }, nil
-	case *matcherv3.StringMatcher_Prefix:
-		want := norm(p.Prefix)
-		return func(s string) bool { return strings.HasPrefix(norm(s), want) }, nil
-	case *matcherv3.StringMatcher_Suffix:
-		want := norm(p.Suffix)
-		return func(s string) bool { return strings.HasSuffix(norm(s), want) }, nil
-	case *matcherv3.StringMatcher_Contains:
-		want := norm(p.Contains)
-		return func(s string) bool { return strings.Contains(norm(s), want) }, nil
-	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := regexp.Compile("^(?:" + p.SafeRegex.GetRegex() + ")$")
-		if err != nil {
-			return nil, err
-		}
-		return re.MatchString, nil
-	}
-	return nil, errors.New("unsupported match pattern")
 }
 
 // containsInOrder is Envoy's "fuzzy" receive match: every chunk appears,

@@ -1,18 +1,17 @@
 package ratelimit
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rlcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/sidemesh/sidemesh/proxy/internal/strmatch"
 )
 
 // Policy is a compiled list of envoy.config.route.v3.RateLimit entries (a
@@ -191,7 +190,7 @@ func compileHeaderMatcher(hm *routev3.HeaderMatcher) (headerMatcher, error) {
 	case *routev3.HeaderMatcher_ContainsMatch:
 		match = valueMatch(func(v string) bool { return strings.Contains(v, s.ContainsMatch) })
 	case *routev3.HeaderMatcher_SafeRegexMatch:
-		re, err := regexp.Compile("^(?:" + s.SafeRegexMatch.GetRegex() + ")$")
+		re, err := strmatch.Regex(s.SafeRegexMatch.GetRegex())
 		if err != nil {
 			return nil, fmt.Errorf("safe_regex_match: %w", err)
 		}
@@ -203,7 +202,7 @@ func compileHeaderMatcher(hm *routev3.HeaderMatcher) (headerMatcher, error) {
 			return err == nil && n >= lo && n < hi
 		})
 	case *routev3.HeaderMatcher_StringMatch:
-		f, err := stringMatch(s.StringMatch)
+		f, err := strmatch.Compile(s.StringMatch)
 		if err != nil {
 			return nil, fmt.Errorf("string_match: %w", err)
 		}
@@ -220,34 +219,6 @@ func compileHeaderMatcher(hm *routev3.HeaderMatcher) (headerMatcher, error) {
 		}
 		return match(v, present) != invert
 	}, nil
-}
-
-func stringMatch(m *matcherv3.StringMatcher) (func(string) bool, error) {
-	norm := func(s string) string { return s }
-	if m.GetIgnoreCase() {
-		norm = strings.ToLower
-	}
-	switch p := m.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
-		w := norm(p.Exact)
-		return func(s string) bool { return norm(s) == w }, nil
-	case *matcherv3.StringMatcher_Prefix:
-		w := norm(p.Prefix)
-		return func(s string) bool { return strings.HasPrefix(norm(s), w) }, nil
-	case *matcherv3.StringMatcher_Suffix:
-		w := norm(p.Suffix)
-		return func(s string) bool { return strings.HasSuffix(norm(s), w) }, nil
-	case *matcherv3.StringMatcher_Contains:
-		w := norm(p.Contains)
-		return func(s string) bool { return strings.Contains(norm(s), w) }, nil
-	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := regexp.Compile("^(?:" + p.SafeRegex.GetRegex() + ")$")
-		if err != nil {
-			return nil, err
-		}
-		return re.MatchString, nil
-	}
-	return nil, errors.New("unsupported match pattern")
 }
 
 // Descriptors builds the descriptors of the entries at stage, exactly as
