@@ -1,6 +1,7 @@
 package route
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -195,6 +196,27 @@ func TestRetryPolicy(t *testing.T) {
 	for i := 1; i < 10; i++ {
 		if d := rp.Backoff(i); d < 0 || d > rp.MaxInterval {
 			t.Errorf("backoff %d: %s", i, d)
+		}
+	}
+}
+
+func BenchmarkMatch(b *testing.B) {
+	var routes []*routev3.Route
+	for i := 0; i < 20; i++ {
+		routes = append(routes, to(fmt.Sprint("r", i), prefix(fmt.Sprintf("/svc%d/", i))))
+	}
+	hdr := to("hdr", prefix("/"))
+	hdr.Match.Headers = []*routev3.HeaderMatcher{exactHeader("x-user", "tester")}
+	routes = append(routes, hdr, to("last", prefix("/")))
+	tb, err := Compile(&routev3.RouteConfiguration{VirtualHosts: []*routev3.VirtualHost{{Name: "v", Domains: []string{"*"}, Routes: routes}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := httptest.NewRequest("GET", "http://api/other/path", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, rt := tb.Match(req); rt == nil || rt.Name != "last" {
+			b.Fatal("no match")
 		}
 	}
 }
