@@ -78,7 +78,7 @@ func run(args []string) int {
 	binDir := fs.String("bin-dir", filepath.Dir(self), "directory holding controlplane, hds, rls, proxy")
 	root := fs.String("root", ".", "repository root (example configs are read from here)")
 	noRedis := fs.Bool("no-redis", false, "do not start Redis; RLS replicas use the memory backend")
-	offset := fs.Int("port-offset", 0, "add this to every port (to run beside another mesh)")
+	offset := fs.Int("port-offset", 0, "add this to every port (to run beside another mesh; keep ports below 32768, the ephemeral range)")
 	quiet := fs.Bool("quiet", false, "do not tail logs (they are still written to --log-dir)")
 	logDir := fs.String("log-dir", ".meshrun/logs", "where each process's log is written")
 	exitAfterReady := fs.Bool("exit-after-ready", false, "stop everything once the table is printed (for tests)")

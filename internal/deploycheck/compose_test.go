@@ -10,8 +10,6 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
-
-	"github.com/sidemesh/sidemesh/internal/testbin"
 )
 
 const root = "../.."
@@ -44,7 +42,7 @@ func TestComposeParsesAndAgreesWithBinaries(t *testing.T) {
 			t.Errorf("service %s missing", want)
 		}
 	}
-	helps := map[string]string{}
+	helps := helpCache{}
 	for name, svc := range p.Services {
 		// Only the ingresses publish host ports.
 		if len(svc.Ports) > 0 && name != "ingress" && name != "envoy" {
@@ -79,23 +77,11 @@ func TestComposeParsesAndAgreesWithBinaries(t *testing.T) {
 			t.Errorf("%s: no command", name)
 			continue
 		}
-		bin, ok := Binaries[svc.Command[0]]
-		if !ok {
+		if _, ok := Binaries[svc.Command[0]]; !ok {
 			t.Errorf("%s runs %q, not a sidemesh binary", name, svc.Command[0])
 			continue
 		}
-		args := svc.Command[1:]
-		var sub []string
-		if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-			sub, args = args[:1], args[1:]
-		}
-		key := svc.Command[0] + " " + strings.Join(sub, " ")
-		if _, ok := helps[key]; !ok {
-			helps[key] = HelpOf(testbin.Build(t, bin), sub...)
-		}
-		if err := CheckFlags(helps[key], args); err != nil {
-			t.Errorf("%s: %s: %v", name, svc.Command[0], err)
-		}
+		args := helps.checkCommand(t, name, svc.Command)
 		// The healthcheck probes the admin port the command configures.
 		if adm, ok := FlagValue(args, "admin-addr"); ok && svc.HealthCheck != nil {
 			_, port, _ := strings.Cut(adm, ":")

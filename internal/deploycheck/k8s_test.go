@@ -16,8 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
-
-	"github.com/sidemesh/sidemesh/internal/testbin"
 )
 
 // rendered holds every object of the dev overlay, decoded strictly.
@@ -116,7 +114,7 @@ func TestKustomizeDevOverlay(t *testing.T) {
 		}
 	}
 	ws := r.workloads()
-	helps := map[string]string{}
+	helps := helpCache{}
 	for _, w := range ws {
 		sel, err := metav1.LabelSelectorAsSelector(w.selector)
 		if err != nil || !sel.Matches(labels.Set(w.tmpl.Labels)) {
@@ -172,25 +170,13 @@ func TestKustomizeDevOverlay(t *testing.T) {
 				t.Errorf("%s: no command", where)
 				continue
 			}
-			bin, ok := Binaries[c.Command[0]]
-			if !ok {
+			if _, ok := Binaries[c.Command[0]]; !ok {
 				continue // third-party image (redis)
 			}
 			if !strings.HasPrefix(c.Image, "sidemesh:") {
 				t.Errorf("%s: runs %s from image %s", where, c.Command[0], c.Image)
 			}
-			args := c.Command[1:]
-			var sub []string
-			if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-				sub, args = args[:1], args[1:]
-			}
-			key := c.Command[0] + " " + strings.Join(sub, " ")
-			if _, ok := helps[key]; !ok {
-				helps[key] = HelpOf(testbin.Build(t, bin), sub...)
-			}
-			if err := CheckFlags(helps[key], args); err != nil {
-				t.Errorf("%s: %v", where, err)
-			}
+			args := helps.checkCommand(t, where, c.Command)
 			// The admin flag and the admin container port agree.
 			if adm, ok := FlagValue(args, "admin-addr"); ok {
 				if p, ok := ports["admin"]; !ok || !strings.HasSuffix(adm, fmt.Sprintf(":%d", p)) {

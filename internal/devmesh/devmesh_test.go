@@ -60,20 +60,11 @@ func TestMeshrunStartsAndStopsEverything(t *testing.T) {
 		t.Skip("builds every binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	os.MkdirAll(bin, 0o755)
-	for name, pkg := range map[string]string{
-		"meshrun": "./cmd/meshrun", "controlplane": "./controlplane/cmd/controlplane",
-		"hds": "./services/hds/cmd/hds", "rls": "./services/rls/cmd/rls", "proxy": "./proxy/cmd/proxy",
-	} {
-		p := testbin.Build(t, pkg)
-		if err := os.Symlink(p, filepath.Join(bin, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := binDir(t, dir)
 	root, _ := filepath.Abs("../..")
-	// Offset the ports so a live `make run` on this machine is not disturbed.
-	cmd := exec.Command(filepath.Join(bin, "meshrun"), "--root", root, "--port-offset", "31000",
+	// Offset the ports so a live `make run` is not disturbed (kept below the
+	// ephemeral range, 32768+, where outgoing connections take ports).
+	cmd := exec.Command(filepath.Join(bin, "meshrun"), "--root", root, "--port-offset", "10000",
 		"--log-dir", filepath.Join(dir, "logs"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, _ := cmd.StdoutPipe()
@@ -114,7 +105,7 @@ func TestMeshrunStartsAndStopsEverything(t *testing.T) {
 		}
 	}
 	// The demo apps answer through their offset ports.
-	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(18101+31000) + "/healthz")
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(18101+10000) + "/healthz")
 	if err != nil {
 		t.Fatalf("demo app web: %v", err)
 	}
@@ -142,4 +133,23 @@ func TestMeshrunStartsAndStopsEverything(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+}
+
+// binDir builds every mesh binary and links them into dir/bin, the layout
+// meshrun expects.
+func binDir(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, pkg := range map[string]string{
+		"meshrun": "./cmd/meshrun", "controlplane": "./controlplane/cmd/controlplane",
+		"hds": "./services/hds/cmd/hds", "rls": "./services/rls/cmd/rls", "proxy": "./proxy/cmd/proxy",
+	} {
+		if err := os.Symlink(testbin.Build(t, pkg), filepath.Join(bin, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bin
 }

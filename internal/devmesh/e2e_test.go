@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/internal/redistest"
-	"github.com/sidemesh/sidemesh/internal/testbin"
 )
 
 // TestMeshEndToEnd brings up the topology of make run / docker-compose as
@@ -27,16 +26,7 @@ func TestMeshEndToEnd(t *testing.T) {
 		t.Skip("starts the whole mesh")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	os.MkdirAll(bin, 0o755)
-	for name, pkg := range map[string]string{
-		"meshrun": "./cmd/meshrun", "controlplane": "./controlplane/cmd/controlplane",
-		"hds": "./services/hds/cmd/hds", "rls": "./services/rls/cmd/rls", "proxy": "./proxy/cmd/proxy",
-	} {
-		if err := os.Symlink(testbin.Build(t, pkg), filepath.Join(bin, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := binDir(t, dir)
 	redis := redistest.Start(t)
 	root, _ := filepath.Abs("../..")
 	m := &Mesh{BinDir: bin, Self: filepath.Join(bin, "meshrun"), LogDir: filepath.Join(dir, "logs")}
