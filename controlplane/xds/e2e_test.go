@@ -271,42 +271,6 @@ func cloneOutput(o *translate.Output) *translate.Output {
 	return c
 }
 
-func TestHealthStatusStopsTraffic(t *testing.T) {
-	e := startServer(t)
-	a, b := xdstest.Backend(t), xdstest.Backend(t)
-	yaml := fmt.Sprintf(`
-services:
-  - name: svc
-    protocol: grpc
-    endpoints:
-      - {address: %s, port: %s, zone: zone-a}
-      - {address: %s, port: %s, zone: zone-a}
-`, hostOf(a), portOf(a), hostOf(b), portOf(b))
-	e.apply(yaml, nil)
-	cc := client(e, "grpc-client-4", "svc")
-	seen := map[string]bool{}
-	xdstest.Eventually(t, "both endpoints used", func() bool {
-		p, err := xdstest.Call(e.ctx, cc)
-		seen[p] = err == nil
-		return seen[a] && seen[b]
-	})
-	bp, port := xdstest.HostPort(b)
-	e.apply(yaml, translate.Health{{Cluster: "svc", Address: bp, Port: port}: corev3.HealthStatus_UNHEALTHY})
-	xdstest.Eventually(t, "unhealthy endpoint drained", func() bool {
-		for i := 0; i < 20; i++ {
-			if p, err := xdstest.Call(e.ctx, cc); err != nil || p == b {
-				return false
-			}
-		}
-		return true
-	})
-	for i := 0; i < 100; i++ {
-		if p, _ := xdstest.Call(e.ctx, cc); p != a {
-			t.Fatalf("call %d went to %s, marked unhealthy", i, p)
-		}
-	}
-}
-
 // TestDeltaOnlyChanged: a raw delta ADS client gets only changed resources
 // and removals.
 func TestDeltaOnlyChanged(t *testing.T) {
