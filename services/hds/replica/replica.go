@@ -191,7 +191,11 @@ func (r *Replica) Run(ctx context.Context) error {
 			r.sweep()
 			r.recompute()
 		case <-gc.C:
-			r.state.GC(r.cfg.TombstoneTTL)
+			members := map[string]bool{}
+			for _, m := range r.ring.Members() {
+				members[m] = true
+			}
+			r.state.GC(r.cfg.TombstoneTTL, func(rep string) bool { return members[rep] })
 		case <-r.dirty:
 			// Coalesce bursts of gossip into one recompute; a fleet whose
 			// assignment takes long to compute waits longer, so it does not

@@ -210,16 +210,18 @@ func (s *State) Counts() (proxies, votes int) {
 	return len(s.proxies), votes
 }
 
-// GC forgets tombstones, and votes of checkers that are gone, older than
-// horizon. A peer that still holds them may send them back; they are
-// harmless (tombstones, or votes of a disconnected checker) and go again.
-func (s *State) GC(horizon time.Duration) int {
+// GC forgets, when older than horizon: tombstones, entries of proxies
+// whose replica is no longer in the ring (alive reports membership; nil
+// means all are), and votes of checkers that are gone. A peer that still
+// holds them may send them back; they are harmless (tombstones, or entries
+// nobody counts) and go again.
+func (s *State) GC(horizon time.Duration, alive func(replica string) bool) int {
 	cut := time.Now().Add(-horizon).UnixNano()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	for id, p := range s.proxies {
-		if !p.Live && p.TS < cut {
+		if p.TS < cut && (!p.Live || (alive != nil && !alive(p.Replica))) {
 			delete(s.proxies, id)
 			n++
 		}

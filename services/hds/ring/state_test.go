@@ -89,8 +89,16 @@ func TestTombstoneAndNow(t *testing.T) {
 	if len(s.VotesOf("p")) != 1 {
 		t.Fatal("vote missing")
 	}
-	if n := s.GC(0); n != 2 {
+	if n := s.GC(0, nil); n != 2 {
 		t.Fatalf("GC removed %d entries, want the tombstone and its checker's vote", n)
+	}
+	s.MergeProxy(ProxyEntry{ID: "orphan", Replica: "dead", Live: true, TS: 5})
+	s.MergeProxy(ProxyEntry{ID: "kept", Replica: "up", Live: true, TS: 5})
+	if n := s.GC(0, func(r string) bool { return r == "up" }); n != 1 {
+		t.Fatalf("GC removed %d entries, want the orphan of a departed replica", n)
+	}
+	if _, ok := s.Proxy("kept"); !ok {
+		t.Fatal("GC removed a live proxy of a live replica")
 	}
 }
 
