@@ -45,7 +45,7 @@ type rlsProc struct {
 	exited      chan struct{}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +54,12 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func startRLSProc(t *testing.T, bin, rules, redisURL string) *rlsProc {
+// startRLSProcB starts an rls process for a benchmark; it returns the gRPC address.
+func startRLSProcB(b *testing.B, bin, rules, redisURL string) string {
+	return startRLSProc(b, bin, rules, redisURL).grpc
+}
+
+func startRLSProc(t testing.TB, bin, rules, redisURL string) *rlsProc {
 	t.Helper()
 	p := &rlsProc{grpc: freeAddr(t), admin: freeAddr(t), exited: make(chan struct{})}
 	stderr := &lockedBuf{}
@@ -108,7 +113,7 @@ func (p *rlsProc) requestsServed(t *testing.T) int {
 	return n
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {

@@ -1,0 +1,79 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sidemesh/sidemesh/internal/redistest"
+	"github.com/sidemesh/sidemesh/internal/testbin"
+)
+
+// BenchmarkCheckRealRLS measures Filter.Check against one real rls process
+// counting in a real Redis, with a limit that is never reached: the cost a
+// request pays for the global rate limit. Reports p50/p99 latency of one
+// Check at the benchmark's parallelism.
+//
+//	go test -run '^$' -bench CheckRealRLS -benchtime 20000x ./proxy/ratelimit
+func BenchmarkCheckRealRLS(b *testing.B) {
+	bin := testbin.Build(b, "./services/rls/cmd/rls")
+	redis := redistest.Start(b)
+	dir := b.TempDir()
+	rules := "domain: sidemesh\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 100000000}\n"
+	if err := os.WriteFile(filepath.Join(dir, "sidemesh.yaml"), []byte(rules), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	p := startRLSProcB(b, bin, dir, redis.URL())
+	conn, client, err := Dial([]string{p})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	f, err := New(filterConf(time.Second, false), client, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	route := userRoute(b)
+	for _, par := range []int{1, 64} {
+		b.Run(fmt.Sprintf("conc=%d", par), func(b *testing.B) {
+			var mu sync.Mutex
+			var lat []time.Duration
+			var i atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for w := 0; w < par; w++ {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					local := make([]time.Duration, 0, b.N/par+1)
+					for i.Add(1) <= int64(b.N) {
+						r := newReq(fmt.Sprintf("user-%d", w))
+						s := time.Now()
+						d := f.Check(context.Background(), r, route)
+						local = append(local, time.Since(s))
+						if d.Outcome != OK {
+							b.Errorf("outcome %s", d.Outcome)
+							return
+						}
+					}
+					mu.Lock()
+					lat = append(lat, local...)
+					mu.Unlock()
+				}(w)
+			}
+			wg.Wait()
+			b.StopTimer()
+			slices.Sort(lat)
+			if len(lat) > 0 {
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50_us")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99_us")
+			}
+		})
+	}
+}
