@@ -159,15 +159,26 @@ func (w *Wait) Until(ctx context.Context) []time.Duration {
 	return append([]time.Duration(nil), w.e.lat...)
 }
 
-// seen checks decoded endpoint sets against the armed expectation, after
-// the ACK was sent.
-func (c *client) seen(clas []*endpointpb.ClusterLoadAssignment) {
+// seen checks endpoint sets against the armed expectation, after the ACK
+// was sent. Resources are decoded only while this client still waits for
+// the expectation, and only until one matches: decoding every endpoint set
+// of every SotW push for every client would make the harness, not the
+// control plane, the bottleneck.
+func (c *client) seen(typeURL string, res []*anypb.Any) {
+	if typeURL != typeEndpoint {
+		return
+	}
 	e := c.f.exp.Load()
 	if e == nil || c.matched.Load() >= e.id {
 		return
 	}
-	for _, cla := range clas {
-		if e.match(cla) {
+	for _, a := range res {
+		var cla endpointpb.ClusterLoadAssignment
+		if err := a.UnmarshalTo(&cla); err != nil {
+			c.f.badRes.Add(1)
+			continue
+		}
+		if e.match(&cla) {
 			c.matched.Store(e.id)
 			e.record(time.Since(e.t0))
 			return
@@ -175,34 +186,24 @@ func (c *client) seen(clas []*endpointpb.ClusterLoadAssignment) {
 	}
 }
 
-// decode splits resources into EDS names wanted (from clusters) and
-// endpoint sets.
-func (c *client) decode(typeURL string, res []*anypb.Any) (edsNames []string, clas []*endpointpb.ClusterLoadAssignment) {
+// edsNames lists the EDS service names of the clusters in a CDS response.
+func (c *client) edsNames(res []*anypb.Any) []string {
+	var names []string
 	for _, a := range res {
-		switch typeURL {
-		case typeCluster:
-			var cl clusterpb.Cluster
-			if err := a.UnmarshalTo(&cl); err != nil {
-				c.f.badRes.Add(1)
-				continue
+		var cl clusterpb.Cluster
+		if err := a.UnmarshalTo(&cl); err != nil {
+			c.f.badRes.Add(1)
+			continue
+		}
+		if cl.GetType() == clusterpb.Cluster_EDS {
+			name := cl.GetEdsClusterConfig().GetServiceName()
+			if name == "" {
+				name = cl.GetName()
 			}
-			if cl.GetType() == clusterpb.Cluster_EDS {
-				name := cl.GetEdsClusterConfig().GetServiceName()
-				if name == "" {
-					name = cl.GetName()
-				}
-				edsNames = append(edsNames, name)
-			}
-		case typeEndpoint:
-			var cla endpointpb.ClusterLoadAssignment
-			if err := a.UnmarshalTo(&cla); err != nil {
-				c.f.badRes.Add(1)
-				continue
-			}
-			clas = append(clas, &cla)
+			names = append(names, name)
 		}
 	}
-	return edsNames, clas
+	return names
 }
 
 func (c *client) account(m proto.Message) {
@@ -235,8 +236,11 @@ func (c *client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 			return err
 		}
 		c.account(resp)
-		names, clas := c.decode(resp.GetTypeUrl(), resp.GetResources())
-		sort.Strings(names)
+		var names []string
+		if resp.GetTypeUrl() == typeCluster {
+			names = c.edsNames(resp.GetResources())
+			sort.Strings(names)
+		}
 		ack := &discoverypb.DiscoveryRequest{TypeUrl: resp.GetTypeUrl(), VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}
 		if resp.GetTypeUrl() == typeEndpoint {
 			ack.ResourceNames = edsNames
@@ -245,7 +249,7 @@ func (c *client) runSotW(ctx context.Context, ads discoverypb.AggregatedDiscover
 		if err := send(ack); err != nil {
 			return err
 		}
-		c.seen(clas)
+		c.seen(resp.GetTypeUrl(), resp.GetResources())
 		if resp.GetTypeUrl() == typeCluster && (!edsAsked || !equal(names, edsNames)) {
 			edsNames, edsAsked = names, true
 			if err := send(&discoverypb.DiscoveryRequest{TypeUrl: typeEndpoint, ResourceNames: edsNames, VersionInfo: edsVersion, ResponseNonce: edsNonce}); err != nil {
@@ -286,14 +290,13 @@ func (c *client) runDelta(ctx context.Context, ads discoverypb.AggregatedDiscove
 				res = append(res, r.GetResource())
 			}
 		}
-		names, clas := c.decode(resp.GetTypeUrl(), res)
 		if err := send(&discoverypb.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}); err != nil {
 			return err
 		}
-		c.seen(clas)
+		c.seen(resp.GetTypeUrl(), res)
 		if resp.GetTypeUrl() == typeCluster {
 			var sub []string
-			for _, n := range names {
+			for _, n := range c.edsNames(res) {
 				if !eds[n] {
 					eds[n] = true
 					sub = append(sub, n)
