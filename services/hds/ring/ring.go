@@ -243,7 +243,11 @@ func (r *Ring) join() {
 	}
 	n, err := r.ml.Join(seeds)
 	if err != nil {
-		r.log.Debug("gossip join: no seed reachable", "seeds", seeds, "err", err)
+		lvl := slog.LevelDebug
+		if len(r.Members()) <= 1 {
+			lvl = slog.LevelWarn // alone: say why (wrong key, label, address)
+		}
+		r.log.Log(context.Background(), lvl, "gossip join: no seed reachable", "seeds", seeds, "err", err)
 		return
 	}
 	r.log.Debug("gossip joined", "contacted", n)
