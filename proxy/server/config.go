@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,7 @@ type hcmConfig struct {
 	genReqID    bool
 	idleTimeout time.Duration
 	filters     []string
+	chain       http.Handler // HTTP filters around the router; nil when none is built
 	proto       *hcmv3.HttpConnectionManager
 }
 
@@ -67,7 +69,7 @@ var knownHTTPFilters = map[string]bool{
 	"type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck":       true,
 }
 
-func compileListener(l *listenerv3.Listener, m *stats.Metrics) (*listenerConfig, error) {
+func compileListener(l *listenerv3.Listener, m *stats.Metrics, factories map[string]FilterFactory) (*listenerConfig, error) {
 	sa := l.GetAddress().GetSocketAddress()
 	if sa == nil {
 		return nil, fmt.Errorf("listener %q: address.socket_address is required", l.GetName())
@@ -96,7 +98,7 @@ func compileListener(l *listenerv3.Listener, m *stats.Metrics) (*listenerConfig,
 			if err := f.GetTypedConfig().UnmarshalTo(&h); err != nil {
 				return nil, fmt.Errorf("listener %q: filters[%d]: %w", l.GetName(), i, err)
 			}
-			hc, err := compileHCM(&h, m)
+			hc, err := compileHCM(&h, m, factories)
 			if err != nil {
 				return nil, fmt.Errorf("listener %q: filters[%d] http_connection_manager: %w", l.GetName(), i, err)
 			}
@@ -132,7 +134,7 @@ func compileListener(l *listenerv3.Listener, m *stats.Metrics) (*listenerConfig,
 	return nil, fmt.Errorf("listener %q: no http_connection_manager or tcp_proxy filter", l.GetName())
 }
 
-func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics) (*hcmConfig, error) {
+func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, factories map[string]FilterFactory) (*hcmConfig, error) {
 	hc := &hcmConfig{statPrefix: h.GetStatPrefix(), stats: m.HTTP(h.GetStatPrefix()), useRemote: h.GetUseRemoteAddress().GetValue(),
 		skipXFF: h.GetSkipXffAppend(), genReqID: true, proto: h, idleTimeout: time.Hour}
 	if g := h.GetGenerateRequestId(); g != nil {
@@ -167,8 +169,18 @@ func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics) (*hcmConfig, e
 		hc.upgrades[strings.ToLower(u.GetUpgradeType())] = en
 	}
 	sawRouter := false
+	var wraps []func(http.Handler) http.Handler
 	for i, f := range h.GetHttpFilters() {
 		tu := f.GetTypedConfig().GetTypeUrl()
+		if fac := factories[tu]; fac != nil && !sawRouter {
+			wrap, err := fac(f.GetName(), f.GetTypedConfig())
+			if err != nil {
+				return nil, fmt.Errorf("http_filters[%d] %q: %w", i, f.GetName(), err)
+			}
+			wraps = append(wraps, wrap)
+			hc.filters = append(hc.filters, f.GetName())
+			continue
+		}
 		if !knownHTTPFilters[tu] {
 			if f.GetIsOptional() {
 				continue
@@ -185,6 +197,13 @@ func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics) (*hcmConfig, e
 	}
 	if len(h.GetHttpFilters()) > 0 && !sawRouter {
 		return nil, fmt.Errorf("http_filters: the last filter must be envoy.filters.http.router")
+	}
+	if len(wraps) > 0 {
+		var chain http.Handler = routerHandler
+		for i := len(wraps) - 1; i >= 0; i-- {
+			chain = wraps[i](chain) // the first filter listed runs first
+		}
+		hc.chain = chain
 	}
 	return hc, nil
 }

@@ -107,6 +107,17 @@ func (h *httpHandler) serve(w http.ResponseWriter, r *http.Request, st *lstate, 
 		h.routeStats(ri)
 		return
 	}
+	if hcm.chain != nil {
+		sw := &statusWriter{ResponseWriter: w}
+		info := &RouteInfo{VirtualHost: vh.Proto, Route: rt.Proto, Cluster: wc.Name,
+			next: func(w http.ResponseWriter, r *http.Request) { h.forward(w, r, st, ri, table, vh, rt, wc, cl) }}
+		hcm.chain.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), routeKey{}, info)))
+		if ri.code == 0 {
+			ri.code = sw.code // a filter answered
+		}
+		h.routeStats(ri)
+		return
+	}
 	h.forward(w, r, st, ri, table, vh, rt, wc, cl)
 	h.routeStats(ri)
 }

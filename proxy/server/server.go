@@ -31,6 +31,9 @@ type Options struct {
 	// Inherited are listening sockets taken over from a previous process
 	// (hot restart), by address.
 	Inherited map[string]net.Listener
+	// Filters builds HTTP filters by typed_config type URL (the rate-limit,
+	// fault and local rate-limit filters of issue 7 plug in here).
+	Filters map[string]FilterFactory
 }
 
 // Snapshot is one immutable generation of routing state.
@@ -96,7 +99,7 @@ func (p *Proxy) Apply(ctx context.Context, r *xds.Resources) error {
 	lcs := map[string]*listenerConfig{}
 	addrs := map[string]string{}
 	for _, name := range sortedNames(r.Listeners) {
-		lc, err := compileListener(r.Listeners[name], p.opt.Metrics)
+		lc, err := compileListener(r.Listeners[name], p.opt.Metrics, p.opt.Filters)
 		if err != nil {
 			errs = append(errs, err)
 			continue
