@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sidemesh/sidemesh/controlplane/internal/xdstest"
 	"github.com/sidemesh/sidemesh/controlplane/model"
@@ -340,5 +342,72 @@ func TestDeltaOnlyChanged(t *testing.T) {
 	}
 	if got[resourcev3.ClusterType] != " removed=b" || got[resourcev3.EndpointType] != " removed=b" {
 		t.Fatalf("after removing b: %v", got)
+	}
+}
+
+// TestSotWEDSShapes: ordinary SotW clients get only the changed CLA (shared
+// linear cache); HDS nodes, which read SotW EDS as the full set, get every
+// CLA they asked for.
+func TestSotWEDSShapes(t *testing.T) {
+	e := startServer(t)
+	two := func(aPort int) string {
+		return fmt.Sprintf("services:\n  - {name: a, endpoints: [{address: 10.0.0.1, port: %d}]}\n  - {name: b, endpoints: [{address: 10.0.0.2, port: 80}]}\n", aPort)
+	}
+	e.apply(two(80), nil)
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	type sotw struct {
+		st   discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+		last *discoveryv3.DiscoveryResponse
+	}
+	open := func(node *corev3.Node) *sotw {
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"a", "b"}}); err != nil {
+			t.Fatal(err)
+		}
+		return &sotw{st: st}
+	}
+	recvNames := func(c *sotw) []string {
+		t.Helper()
+		r, err := c.st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: []string{"a", "b"}}); err != nil {
+			t.Fatal(err)
+		}
+		var n []string
+		for _, res := range r.GetResources() {
+			var cla endpointv3.ClusterLoadAssignment
+			if err := res.UnmarshalTo(&cla); err != nil {
+				t.Fatal(err)
+			}
+			n = append(n, cla.GetClusterName())
+		}
+		sort.Strings(n)
+		return n
+	}
+	hdsNode := &corev3.Node{Id: "hds-1", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"role": structpb.NewStringValue("hds")}}}
+	plain, hds := open(&corev3.Node{Id: "plain"}), open(hdsNode)
+	if got := strings.Join(recvNames(plain), ","); got != "a,b" {
+		t.Fatalf("plain initial %s", got)
+	}
+	if got := strings.Join(recvNames(hds), ","); got != "a,b" {
+		t.Fatalf("hds initial %s", got)
+	}
+	e.apply(two(81), nil)
+	if got := strings.Join(recvNames(plain), ","); got != "a" {
+		t.Errorf("plain client after moving a got %s, want only a", got)
+	}
+	if got := strings.Join(recvNames(hds), ","); got != "a,b" {
+		t.Errorf("hds client after moving a got %s, want the full set", got)
 	}
 }

@@ -38,6 +38,7 @@ var snapshotTypes = []struct {
 	{types.Listener, resourcev3.ListenerType},
 	{types.Route, resourcev3.RouteType},
 	{types.Cluster, resourcev3.ClusterType},
+	{types.Endpoint, resourcev3.EndpointType}, // HDS group only, see classify
 }
 
 // Server is the ADS server.
@@ -52,13 +53,13 @@ type Server struct {
 
 	mu       sync.Mutex
 	out      *translate.Output
-	versions map[string][3]string // group -> LDS, RDS, CDS version
+	versions map[string][4]string // group -> LDS, RDS, CDS, EDS version
 	edsHash  map[string]string
 }
 
 // New builds a server; metrics go to reg.
 func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Server {
-	s := &Server{log: log, hash: &nodeHash{}, versions: map[string][3]string{}, edsHash: map[string]string{}}
+	s := &Server{log: log, hash: &nodeHash{}, versions: map[string][4]string{}, edsHash: map[string]string{}}
 	s.hash.proxies.Store(&map[string]bool{})
 	cl := cacheLogger{log: log.With("component", "xds-cache")}
 	// ads=false: gRPC clients name only what they need; ads=true would
@@ -70,9 +71,9 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 		cachev3.WithVersionPrefix("eds-"+strconv.FormatInt(time.Now().UnixNano(), 36)+"-"),
 		cachev3.WithLogger(cl))
 	s.cache = &cachev3.MuxCache{
-		Classify: func(r *cachev3.Request) string { return classify(r.GetTypeUrl()) },
+		Classify: func(r *cachev3.Request) string { return s.classify(r.GetTypeUrl(), r.GetNode()) },
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string {
-			return classify(r.GetTypeUrl())
+			return s.classify(r.GetTypeUrl(), r.GetNode())
 		},
 		Caches: map[string]cachev3.Cache{"eds": s.eds, "snap": s.snaps},
 	}
@@ -85,8 +86,12 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 	return s
 }
 
-func classify(typeURL string) string {
-	if typeURL == resourcev3.EndpointType {
+// classify: EDS comes from the shared linear cache, whose SotW responses
+// carry only changed CLAs (as the xDS spec allows for EDS). HDS replicas read
+// every SotW EDS response as the full set, so they get EDS from their group
+// snapshot instead: full state, re-sent whole on change (a handful of nodes).
+func (s *Server) classify(typeURL string, n *corev3.Node) string {
+	if typeURL == resourcev3.EndpointType && s.hash.ID(n) != translate.GroupHDS {
 		return "eds"
 	}
 	return "snap"
@@ -165,9 +170,13 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 	for _, name := range names {
 		g := groups[name]
 		snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
-		var vers [3]string
+		var eds []types.Resource
+		if name == translate.GroupHDS {
+			eds = out.GroupEndpoints(name)
+		}
+		var vers [4]string
 		for i, t := range snapshotTypes {
-			rs := [][]types.Resource{g.Listeners, g.Routes, g.Clusters}[i]
+			rs := [][]types.Resource{g.Listeners, g.Routes, g.Clusters, eds}[i]
 			v, vm, err := typeVersion(rs)
 			if err != nil {
 				return fmt.Errorf("group %s: %w", name, err)
@@ -176,7 +185,7 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 			snap.Resources[t.idx] = cachev3.NewResources(v, rs)
 			snap.VersionMap[t.url] = vm
 		}
-		for _, t := range []types.ResponseType{types.Endpoint, types.Secret, types.Runtime, types.ScopedRoute, types.ExtensionConfig, types.RateLimitConfig, types.VirtualHost} {
+		for _, t := range []types.ResponseType{types.Secret, types.Runtime, types.ScopedRoute, types.ExtensionConfig, types.RateLimitConfig, types.VirtualHost} {
 			snap.Resources[t] = cachev3.NewResources("", nil)
 		}
 		for i := 0; i < int(types.UnknownType); i++ {
