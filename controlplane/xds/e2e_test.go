@@ -411,3 +411,45 @@ func TestSotWEDSShapes(t *testing.T) {
 		t.Errorf("hds client after moving a got %s, want the full set", got)
 	}
 }
+
+// TestClientsSotWAndDelta: SotW and delta number their streams separately;
+// both kinds must be listed.
+func TestClientsSotWAndDelta(t *testing.T) {
+	e := startServer(t)
+	e.apply("services:\n  - {name: a, endpoints: [{address: 10.0.0.1, port: 80}]}\n", nil)
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	s, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "sotw-node"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "delta-node"}, TypeUrl: resourcev3.ClusterType, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	xdstest.Eventually(t, "both streams listed", func() bool {
+		got := map[string]string{}
+		for _, c := range e.srv.Tracker().Clients() {
+			got[c.Node] = c.Protocol
+		}
+		return got["sotw-node"] == "sotw" && got["delta-node"] == "delta"
+	})
+}

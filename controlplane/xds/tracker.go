@@ -22,7 +22,7 @@ type Tracker struct {
 	hash *nodeHash
 
 	mu         sync.Mutex
-	streams    map[int64]*stream
+	streams    map[streamKey]*stream       // SotW and delta number their streams separately
 	nacks      map[string]map[string]*NACK // node id -> type URL -> last NACK
 	lastChange map[string]time.Time        // type URL -> last content change
 
@@ -41,6 +41,11 @@ type NACK struct {
 	Message string    `json:"message"`
 	At      time.Time `json:"at"`
 	Count   int       `json:"count"`
+}
+
+type streamKey struct {
+	delta bool
+	id    int64
 }
 
 type stream struct {
@@ -65,7 +70,7 @@ type typeState struct {
 func newTracker(log *slog.Logger, reg prometheus.Registerer, hash *nodeHash) *Tracker {
 	t := &Tracker{
 		log: log, hash: hash,
-		streams: map[int64]*stream{}, nacks: map[string]map[string]*NACK{}, lastChange: map[string]time.Time{},
+		streams: map[streamKey]*stream{}, nacks: map[string]map[string]*NACK{}, lastChange: map[string]time.Time{},
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sidemesh_controlplane_xds_clients", Help: "Connected ADS streams.",
 		}, []string{"protocol"}),
@@ -122,15 +127,15 @@ func (t *Tracker) open(ctx context.Context, id int64, delta bool) {
 		s.peer = p.Addr.String()
 	}
 	t.mu.Lock()
-	t.streams[id] = s
+	t.streams[streamKey{delta, id}] = s
 	t.mu.Unlock()
 	t.clients.WithLabelValues(protoLabel(delta)).Inc()
 }
 
-func (t *Tracker) close(id int64) {
+func (t *Tracker) close(id int64, delta bool) {
 	t.mu.Lock()
-	s, ok := t.streams[id]
-	delete(t.streams, id)
+	s, ok := t.streams[streamKey{delta, id}]
+	delete(t.streams, streamKey{delta, id})
 	t.mu.Unlock()
 	if ok {
 		t.clients.WithLabelValues(protoLabel(s.delta)).Dec()
@@ -148,10 +153,10 @@ func (s *stream) state(typeURL string) *typeState {
 
 // request handles an ACK or NACK; it returns the version to pretend the
 // client is at (for the SotW NACK fix) or "".
-func (t *Tracker) request(id int64, node *corev3.Node, typeURL, nonce, version string, errDetail string, isNACK bool) string {
+func (t *Tracker) request(id int64, delta bool, node *corev3.Node, typeURL, nonce, version string, errDetail string, isNACK bool) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ok := t.streams[id]
+	s, ok := t.streams[streamKey{delta, id}]
 	if !ok {
 		return ""
 	}
@@ -192,10 +197,10 @@ func (t *Tracker) request(id int64, node *corev3.Node, typeURL, nonce, version s
 	return ts.version
 }
 
-func (t *Tracker) response(id int64, typeURL, nonce, version string) {
+func (t *Tracker) response(id int64, delta bool, typeURL, nonce, version string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ok := t.streams[id]
+	s, ok := t.streams[streamKey{delta, id}]
 	if !ok {
 		return
 	}
@@ -212,7 +217,7 @@ func (t *Tracker) OnStreamOpen(ctx context.Context, id int64, _ string) error {
 }
 
 // OnStreamClosed implements serverv3.Callbacks.
-func (t *Tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.close(id) }
+func (t *Tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.close(id, false) }
 
 // OnDeltaStreamOpen implements serverv3.Callbacks.
 func (t *Tracker) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
@@ -221,12 +226,12 @@ func (t *Tracker) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) err
 }
 
 // OnDeltaStreamClosed implements serverv3.Callbacks.
-func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(id) }
+func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(id, true) }
 
 // OnStreamRequest implements serverv3.Callbacks.
 func (t *Tracker) OnStreamRequest(id int64, r *discoveryv3.DiscoveryRequest) error {
 	nack := r.GetErrorDetail() != nil
-	if v := t.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage(), nack); nack && v != "" {
+	if v := t.request(id, false, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage(), nack); nack && v != "" {
 		r.VersionInfo = v
 	}
 	return nil
@@ -234,19 +239,19 @@ func (t *Tracker) OnStreamRequest(id int64, r *discoveryv3.DiscoveryRequest) err
 
 // OnStreamResponse implements serverv3.Callbacks.
 func (t *Tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
-	t.response(id, r.GetTypeUrl(), r.GetNonce(), r.GetVersionInfo())
+	t.response(id, false, r.GetTypeUrl(), r.GetNonce(), r.GetVersionInfo())
 }
 
 // OnStreamDeltaRequest implements serverv3.Callbacks. Delta needs no NACK fix:
 // the subscription already remembers what was sent.
 func (t *Tracker) OnStreamDeltaRequest(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-	t.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "", r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
+	t.request(id, true, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "", r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
 	return nil
 }
 
 // OnStreamDeltaResponse implements serverv3.Callbacks.
 func (t *Tracker) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, r *discoveryv3.DeltaDiscoveryResponse) {
-	t.response(id, r.GetTypeUrl(), r.GetNonce(), r.GetSystemVersionInfo())
+	t.response(id, true, r.GetTypeUrl(), r.GetNonce(), r.GetSystemVersionInfo())
 }
 
 // OnFetchRequest implements serverv3.Callbacks.
@@ -291,7 +296,7 @@ func (t *Tracker) Clients() []ClientInfo {
 		}
 		out = append(out, ci)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Stream < out[j].Stream })
+	sort.Slice(out, func(i, j int) bool { return out[i].Connected.Before(out[j].Connected) })
 	return out
 }
 
