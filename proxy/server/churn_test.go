@@ -125,3 +125,42 @@ func TestConfigChurnUnderLoad(t *testing.T) {
 		t.Fatalf("last generation not served")
 	}
 }
+
+// TestNewClusterAndRouteInOnePush adds a new cluster and moves the route to
+// it in the same snapshot, 30 times under load: the ADS server sends CDS, EDS
+// and RDS in any order, and no request may fail.
+func TestNewClusterAndRouteInOnePush(t *testing.T) {
+	c := mt.StartCP(t)
+	ups := []*mt.Upstream{mt.StartUpstream(t, "u0"), mt.StartUpstream(t, "u1")}
+	port := mt.FreePort(t)
+	build := func(i int) mt.Mesh {
+		name := fmt.Sprintf("c%d", i)
+		return mt.Mesh{Listeners: []types.Resource{mt.Listener("l", port, "r")},
+			Routes:    []types.Resource{mt.RouteConfig("r", mt.RouteTo("/", name))},
+			Clusters:  []types.Resource{mt.EDSCluster(name)},
+			Endpoints: []types.Resource{mt.CLA(name, mt.EP{U: ups[i%2]})}}
+	}
+	c.Push(t, build(0))
+	px, _ := runProxy(t, c, false)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	mt.Eventually(t, "proxy serving", func() bool { code, _, _ := mt.Get(t, url, nil); return code == 200 })
+	conns := 32
+	if raceEnabled {
+		conns = 8
+	}
+	lg := startLoad(url, conns)
+	for i := 1; i <= 30; i++ {
+		c.Push(t, build(i))
+		want := fmt.Sprintf("c%d", i)
+		mt.Eventually(t, "route to "+want, func() bool {
+			s := px.Snapshot()
+			return s.Clusters[want] != nil && s.Routes["r"] != nil && len(s.Routes["r"].ClusterNames()) == 1 && s.Routes["r"].ClusterNames()[0] == want
+		})
+		time.Sleep(10 * time.Millisecond)
+	}
+	lg.stop()
+	if lg.failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed while clusters were swapped; first: %v", lg.failed.Load(), lg.ok.Load()+lg.failed.Load(), lg.firstErr.Load())
+	}
+	t.Logf("%d requests, 0 failures across 30 new-cluster pushes", lg.ok.Load())
+}

@@ -56,6 +56,7 @@ type Proxy struct {
 	inherited map[string]net.Listener
 	drains    sync.WaitGroup
 	accessMu  sync.Mutex
+	warming   map[string]time.Time // route config → when it started waiting for clusters
 }
 
 // New creates a proxy with no config.
@@ -69,7 +70,7 @@ func New(opt Options) *Proxy {
 	if opt.DrainTimeout <= 0 {
 		opt.DrainTimeout = 15 * time.Second
 	}
-	p := &Proxy{opt: opt, log: opt.Log, listeners: map[string]*liveListener{}, inherited: opt.Inherited}
+	p := &Proxy{opt: opt, log: opt.Log, listeners: map[string]*liveListener{}, inherited: opt.Inherited, warming: map[string]time.Time{}}
 	p.snap.Store(&Snapshot{Routes: map[string]*route.Table{}, Clusters: map[string]*cluster.Cluster{}, Resources: xds.NewResources()})
 	return p
 }
@@ -134,6 +135,7 @@ func (p *Proxy) Apply(ctx context.Context, r *xds.Resources) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	p.warm(old, ns, r)
 	commit, err := p.prepareListeners(lcs)
 	if err != nil {
 		return err
@@ -208,5 +210,58 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// warmTimeout bounds how long a route config may wait for its clusters.
+const warmTimeout = 10 * time.Second
+
+// warm makes cluster changes hitless whatever order the control plane's
+// resources arrive in (ADS does not order types): a route config that names
+// a cluster not yet known or without endpoints keeps serving its previous
+// version until the cluster is warm (or warmTimeout passes), and a cluster
+// removed from CDS stays while a served route config still names it.
+func (p *Proxy) warm(old, ns *Snapshot, r *xds.Resources) {
+	warmCluster := func(name string) bool {
+		c := ns.Clusters[name]
+		return c != nil && (c.EDSName == "" || r.Endpoints[c.EDSName] != nil)
+	}
+	now := time.Now()
+	for name, t := range ns.Routes {
+		missing := ""
+		for _, cn := range t.ClusterNames() {
+			if !warmCluster(cn) {
+				missing = cn
+				break
+			}
+		}
+		prev := old.Routes[name]
+		if missing == "" || prev == nil {
+			delete(p.warming, name)
+			continue
+		}
+		since, ok := p.warming[name]
+		if !ok {
+			since = now
+			p.warming[name] = now
+		}
+		if now.Sub(since) > warmTimeout {
+			p.log.Warn("route config still names a cluster that is not warm; using it anyway", "route_config", name, "cluster", missing)
+			continue
+		}
+		p.log.Debug("route config waits for cluster", "route_config", name, "cluster", missing)
+		ns.Routes[name] = prev
+	}
+	for name := range p.warming {
+		if _, ok := ns.Routes[name]; !ok {
+			delete(p.warming, name)
+		}
+	}
+	for _, t := range ns.Routes {
+		for _, cn := range t.ClusterNames() {
+			if ns.Clusters[cn] == nil && old.Clusters[cn] != nil {
+				ns.Clusters[cn] = old.Clusters[cn] // still routed to: keep until the routes change
+			}
+		}
 	}
 }
