@@ -120,6 +120,13 @@ func TestPushFanOut(t *testing.T) {
 				map[bool]string{false: "SotW", true: "delta"}[delta], clients, services, endpoints, built.Round(time.Millisecond), applied.Round(time.Millisecond),
 				pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond),
 				bytesAfter.Load(), float64(bytesAfter.Load())/float64(clients), fullEDS)
+			if st, err := os.ReadFile("/proc/self/status"); err == nil {
+				for _, l := range strings.Split(string(st), "\n") {
+					if strings.HasPrefix(l, "VmHWM") {
+						t.Logf("peak RSS of the whole test process (server and all clients): %s", strings.Join(strings.Fields(l)[1:], " "))
+					}
+				}
+			}
 			cancel()
 			wg.Wait()
 		})
