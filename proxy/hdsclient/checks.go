@@ -88,7 +88,7 @@ type plan struct {
 
 // build validates spec and prepares the next set. It changes nothing: a
 // bad specifier leaves the running checks alone.
-func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, log *slog.Logger) (*plan, error) {
+func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, sourceIP netip.Addr, log *slog.Logger) (*plan, error) {
 	if err := spec.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("invalid health check specifier: %w", err)
 	}
@@ -118,6 +118,14 @@ func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, log *slog.Logger
 			}
 		}
 		nc := &cluster{name: name}
+		src := sourceIP
+		if sa := chc.GetUpstreamBindConfig().GetSourceAddress(); sa != nil {
+			ip, err := netip.ParseAddr(sa.GetAddress())
+			if err != nil {
+				return nil, fmt.Errorf("cluster_health_checks[%d] (%s).upstream_bind_config.source_address: %q is not an IP", ci, name, sa.GetAddress())
+			}
+			src = ip
+		}
 		hostSeen := map[string]bool{}
 		for li, le := range chc.GetLocalityEndpoints() {
 			for ei, ep := range le.GetEndpoints() {
@@ -148,7 +156,7 @@ func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, log *slog.Logger
 				delete(oldCheckers, key) // an identical duplicate gets its own
 				continue
 			}
-			c, err := healthcheck.New(hc, healthcheck.Options{})
+			c, err := healthcheck.New(hc, healthcheck.Options{SourceIP: src})
 			if err != nil {
 				p.abort()
 				return nil, fmt.Errorf("cluster_health_checks[%d] (%s).health_checks[%d]: %w", ci, name, hi, err)

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +42,9 @@ type Config struct {
 	// BackoffBase and BackoffMax bound the full-jitter reconnect delay
 	// (Envoy: 1 s and 30 s, the defaults).
 	BackoffBase, BackoffMax time.Duration
+	// SourceIP binds probe connections (unless a cluster's
+	// upstream_bind_config says otherwise); zero: the system's choice.
+	SourceIP netip.Addr
 	// DialOptions are added to the insecure default.
 	DialOptions []grpc.DialOption
 }
@@ -300,7 +304,7 @@ func (c *Client) apply(ctx context.Context, spec *healthv3.HealthCheckSpecifier)
 	if same {
 		return false
 	}
-	p, err := cur.build(spec, c.cfg.Log)
+	p, err := cur.build(spec, c.cfg.SourceIP, c.cfg.Log)
 	if err != nil {
 		c.cfg.Log.Warn("hds: rejecting specifier, keeping the previous checks", "err", err)
 		c.mu.Lock()

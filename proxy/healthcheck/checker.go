@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/netip"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -30,6 +32,18 @@ type Options struct {
 	HasTraffic func() bool
 	// OnResult observes every probe (stats, logs). Optional.
 	OnResult func(t Target, r Result, s State)
+	// SourceIP binds probe connections to a local address (Envoy's
+	// upstream_bind_config.source_address). Zero: the system's choice.
+	SourceIP netip.Addr
+}
+
+// dialer is the probe dialer for opts.
+func (o Options) dialer() *net.Dialer {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if o.SourceIP.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: o.SourceIP.AsSlice()}
+	}
+	return d
 }
 
 // Checker runs one HealthCheck; it is safe for concurrent use by the
@@ -63,13 +77,13 @@ func New(hc *corev3.HealthCheck, opts Options) (*Checker, error) {
 	switch {
 	case hc.GetHttpHealthCheck() != nil:
 		c.kind = "HTTP"
-		c.p, err = newHTTPProber(hc)
+		c.p, err = newHTTPProber(hc, opts.dialer())
 	case hc.GetTcpHealthCheck() != nil:
 		c.kind = "TCP"
-		c.p, err = newTCPProber(hc.GetTcpHealthCheck())
+		c.p, err = newTCPProber(hc.GetTcpHealthCheck(), opts.dialer())
 	case hc.GetGrpcHealthCheck() != nil:
 		c.kind = "GRPC"
-		c.p = newGRPCProber(hc.GetGrpcHealthCheck())
+		c.p = newGRPCProber(hc.GetGrpcHealthCheck(), opts.dialer())
 	default:
 		return nil, errors.New("health check: health_checker: only http_health_check, tcp_health_check and grpc_health_check are supported")
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -221,6 +222,21 @@ func TestHTTPRequestShape(t *testing.T) {
 	}
 	if ua := u.lastReq().Header.Get("User-Agent"); ua != "Envoy/HC" {
 		t.Fatalf("User-Agent %q", ua)
+	}
+}
+
+func TestSourceIP(t *testing.T) {
+	u := newUpstream(t)
+	c, err := New(httpHC("/healthz", 1, 1), Options{SourceIP: netip.MustParseAddr("127.0.0.3")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r, _ := c.step(context.Background(), NewHost(Target{Cluster: "web", Addr: u.addr()}), &counters{firstCheck: true}); r.Kind != FailNone {
+		t.Fatalf("probe: %+v", r)
+	}
+	if host, _, _ := net.SplitHostPort(u.lastReq().RemoteAddr); host != "127.0.0.3" {
+		t.Fatalf("probe came from %s, want 127.0.0.3", host)
 	}
 }
 

@@ -3,6 +3,7 @@ package healthcheck
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 )
 
 type grpcProber struct {
+	dialer             *net.Dialer
 	service, authority string
 	md                 []string
 
@@ -24,8 +26,8 @@ type grpcProber struct {
 	conns map[string]*grpc.ClientConn // by addr + authority
 }
 
-func newGRPCProber(g *corev3.HealthCheck_GrpcHealthCheck) *grpcProber {
-	p := &grpcProber{service: g.GetServiceName(), authority: g.GetAuthority(), conns: map[string]*grpc.ClientConn{}}
+func newGRPCProber(g *corev3.HealthCheck_GrpcHealthCheck, dialer *net.Dialer) *grpcProber {
+	p := &grpcProber{dialer: dialer, service: g.GetServiceName(), authority: g.GetAuthority(), conns: map[string]*grpc.ClientConn{}}
 	for _, h := range g.GetInitialMetadata() {
 		v := h.GetHeader().GetValue()
 		if v == "" {
@@ -55,6 +57,9 @@ func (p *grpcProber) conn(t Target) (*grpc.ClientConn, error) {
 	c, err := grpc.NewClient("passthrough:///"+t.Addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithAuthority(auth),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return p.dialer.DialContext(ctx, "tcp", addr)
+		}),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}, MinConnectTimeout: time.Second}))
 	if err != nil {
 		return nil, err

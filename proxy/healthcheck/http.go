@@ -33,7 +33,7 @@ type httpProber struct {
 	client             *http.Client
 }
 
-func newHTTPProber(hc *corev3.HealthCheck) (*httpProber, error) {
+func newHTTPProber(hc *corev3.HealthCheck, dialer *net.Dialer) (*httpProber, error) {
 	h := hc.GetHttpHealthCheck()
 	p := &httpProber{path: h.GetPath(), host: h.GetHost(), add: h.GetRequestHeadersToAdd(), remove: h.GetRequestHeadersToRemove(), bufSize: 1024}
 	switch m := h.GetMethod(); m {
@@ -95,7 +95,7 @@ func newHTTPProber(hc *corev3.HealthCheck) (*httpProber, error) {
 	}
 	reuse := hc.GetReuseConnection() == nil || hc.GetReuseConnection().GetValue()
 	p.tr = &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext:         dialer.DialContext,
 		Protocols:           &protos,
 		DisableKeepAlives:   !reuse,
 		MaxIdleConnsPerHost: 1,

@@ -13,12 +13,13 @@ import (
 )
 
 type tcpProber struct {
+	dialer  *net.Dialer
 	send    []byte
 	receive [][]byte
 }
 
-func newTCPProber(t *corev3.HealthCheck_TcpHealthCheck) (*tcpProber, error) {
-	p := &tcpProber{}
+func newTCPProber(t *corev3.HealthCheck_TcpHealthCheck, dialer *net.Dialer) (*tcpProber, error) {
+	p := &tcpProber{dialer: dialer}
 	if s := t.GetSend(); s != nil {
 		b, err := payload(s)
 		if err != nil {
@@ -40,8 +41,7 @@ func newTCPProber(t *corev3.HealthCheck_TcpHealthCheck) (*tcpProber, error) {
 // Like Envoy it cannot tell wrong data from not-enough data, so a mismatch
 // fails only by timeout or by the peer closing.
 func (p *tcpProber) probe(ctx context.Context, t Target) Result {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", t.Addr)
+	conn, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
 		return Result{Kind: FailNetwork, Err: err}
 	}
