@@ -28,10 +28,7 @@ func BenchmarkProxyRequest(b *testing.B) {
 	r := xds.NewResources()
 	r.Listeners = map[string]*listenerv3.Listener{"l": mt.Listener("l", port, "r")}
 	r.Routes = map[string]*routev3.RouteConfiguration{"r": mt.RouteConfig("r", mt.RouteTo("/api", "other"), mt.RouteTo("/", "svc"))}
-	c := mt.EDSCluster("svc")
-	c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
-	c.EdsClusterConfig = nil
-	c.LoadAssignment = mt.CLA("svc", mt.EP{U: up})
+	c := mt.StaticCluster("svc", mt.EP{U: up})
 	r.Clusters = map[string]*clusterv3.Cluster{"svc": c}
 	if err := px.Apply(context.Background(), r); err != nil {
 		b.Fatal(err)

@@ -68,10 +68,7 @@ func FuzzHTTP1Request(f *testing.F) {
 	l := mt.Listener("fuzz", port, "r")
 	r.Listeners = map[string]*listenerv3.Listener{"fuzz": l}
 	r.Routes = map[string]*routev3.RouteConfiguration{"r": mt.RouteConfig("r", mt.RouteTo("/", "svc"))}
-	c := mt.EDSCluster("svc")
-	c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
-	c.EdsClusterConfig = nil
-	c.LoadAssignment = mt.CLA("svc", mt.EP{Port: up})
+	c := mt.StaticCluster("svc", mt.EP{Port: up})
 	r.Clusters = map[string]*clusterv3.Cluster{"svc": c}
 	if err := px.Apply(context.Background(), r); err != nil {
 		f.Fatal(err)

@@ -287,3 +287,12 @@ func Get(t testing.TB, url string, hdr map[string]string) (int, string, *http.Re
 	res.Body.Close()
 	return res.StatusCode, res.Header.Get("X-Upstream"), res
 }
+
+// StaticCluster is a STATIC cluster with its endpoints inline (no EDS).
+func StaticCluster(name string, eps ...EP) *clusterv3.Cluster {
+	c := EDSCluster(name)
+	c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+	c.EdsClusterConfig = nil
+	c.LoadAssignment = CLA(name, eps...)
+	return c
+}
