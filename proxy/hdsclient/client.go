@@ -9,11 +9,13 @@ package hdsclient
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -63,16 +65,16 @@ type Client struct {
 
 // Status is a snapshot for the admin page.
 type Status struct {
-	Addr           string        `json:"addr"`
-	Connected      bool          `json:"connected"`
-	Streams        int           `json:"streams"`
-	Specifiers     int           `json:"specifiers_received"`
-	Updates        int           `json:"updates_applied"`
-	Errors         int           `json:"errors"`
-	LastError      string        `json:"last_error,omitempty"`
-	Reports        int           `json:"reports_sent"`
-	ReportInterval time.Duration `json:"report_interval_ns"`
-	Clusters       []ClusterStatus
+	Addr           string          `json:"addr"`
+	Connected      bool            `json:"connected"`
+	Streams        int             `json:"streams"`
+	Specifiers     int             `json:"specifiers_received"`
+	Updates        int             `json:"updates_applied"`
+	Errors         int             `json:"errors"`
+	LastError      string          `json:"last_error,omitempty"`
+	Reports        int             `json:"reports_sent"`
+	ReportInterval time.Duration   `json:"report_interval_ns"`
+	Clusters       []ClusterStatus `json:"clusters"`
 }
 
 // ClusterStatus is one checked cluster.
@@ -327,4 +329,12 @@ func (c *Client) apply(ctx context.Context, spec *healthv3.HealthCheckSpecifier)
 	}
 	c.cfg.Log.Info("hds: applied specifier", "clusters", len(next.clusters), "hosts", n)
 	return true
+}
+
+// ServeHTTP serves Status as JSON (an admin page, e.g. GET /hds).
+func (c *Client) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(c.Status())
 }

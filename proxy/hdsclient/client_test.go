@@ -332,6 +332,13 @@ func TestHDSClientLifecycle(t *testing.T) {
 		t.Fatalf("after bad specifier: clusters=%d err=%q", len(st.Clusters), st.LastError)
 	}
 
+	// The admin page shows the same.
+	rec := httptest.NewRecorder()
+	c.ServeHTTP(rec, httptest.NewRequest("GET", "/hds", nil))
+	if body := rec.Body.String(); rec.Code != 200 || !strings.Contains(body, `"name": "api"`) || !strings.Contains(body, `"health": "HEALTHY"`) {
+		t.Fatalf("admin page: %d %s", rec.Code, body)
+	}
+
 	// 6. An upstream that starts failing turns UNHEALTHY in the reports.
 	up.status.Store(503)
 	waitFor(t, "web unhealthy", func() bool {
