@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -24,16 +25,20 @@ func TestScaleAgainstSnapshotCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		ms.watch(t, path, 0)
-		opt := Options{Clients: 1000, Delta: delta, Node: Node{IDPrefix: "s", Role: "sidecar"}, Changes: 2,
+		n := 1000
+		if v, err := strconv.Atoi(os.Getenv("LOADTEST_SCALE_CLIENTS")); err == nil && v > 0 {
+			n = v
+		}
+		opt := Options{Clients: n, Delta: delta, Node: Node{IDPrefix: "s", Role: "sidecar"}, Changes: 2,
 			ChangeTimeout: 90 * time.Second, Initial: HasPort(m.MarkerPort())}
 		start := time.Now()
-		out, err := Run(context.Background(), dial(t, ms.addr, 1000), opt, m)
+		out, err := Run(context.Background(), dial(t, ms.addr, n), opt, m)
 		if err != nil {
 			t.Fatalf("delta=%v: %v", delta, err)
 		}
 		for i, c := range out.Changes {
-			if len(c.Latencies) != 1000 {
-				t.Fatalf("delta=%v change %d: %d of 1000 clients", delta, i+1, len(c.Latencies))
+			if len(c.Latencies) != n {
+				t.Fatalf("delta=%v change %d: %d of %d clients", delta, i+1, len(c.Latencies), n)
 			}
 		}
 		r := Summarise("x", "m", opt, out, time.Since(start))
