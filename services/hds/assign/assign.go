@@ -33,6 +33,11 @@ type Config struct {
 	// cap. When every eligible proxy is at the cap, coverage wins and the cap
 	// is exceeded.
 	LoadFactor float64
+	// MaxPerProxy is a hard ceiling on any proxy's checks, even when that
+	// leaves endpoints with fewer than K checkers (0: none). It protects a
+	// proxy from being handed thousands of checks while a replica's view
+	// holds only a few proxies.
+	MaxPerProxy int
 }
 
 // Result maps both ways. Slices are in a fixed order: checkers by rank,
@@ -93,6 +98,11 @@ func Compute(cfg Config, proxies []Proxy, targets []Target) *Result {
 		capacity = int(math.Ceil(cfg.LoadFactor * float64(slots) / float64(len(ps))))
 		res.Cap = capacity
 	}
+	hard := math.MaxInt
+	if cfg.MaxPerProxy > 0 {
+		hard = cfg.MaxPerProxy
+		capacity = min(capacity, hard)
+	}
 	load := make([]int, len(ps))
 	chosen := make([]int, 0, k)
 	zones := map[string]bool{}
@@ -103,7 +113,7 @@ func Compute(cfg Config, proxies []Proxy, targets []Target) *Result {
 		for slot := 0; slot < k; slot++ {
 			best := pick(ps, ph, load, chosen, zones, x.t, x.h, slot, capacity)
 			if best < 0 {
-				best = pick(ps, ph, load, chosen, zones, x.t, x.h, slot, math.MaxInt)
+				best = pick(ps, ph, load, chosen, zones, x.t, x.h, slot, hard)
 			}
 			if best < 0 {
 				break

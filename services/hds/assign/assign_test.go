@@ -141,3 +141,20 @@ func BenchmarkCompute1000x10000(b *testing.B) {
 		Compute(Config{K: 2, LoadFactor: 1.5}, ps, ts)
 	}
 }
+
+func TestMaxPerProxyIsHard(t *testing.T) {
+	ps, ts := fleet(3, 300, []string{"a"})
+	r := Compute(Config{K: 2, LoadFactor: 1.5, MaxPerProxy: 50}, ps, ts)
+	covered := 0
+	for _, p := range ps {
+		if n := len(r.ByProxy[p.ID]); n > 50 {
+			t.Fatalf("%s has %d checks over the ceiling 50", p.ID, n)
+		}
+	}
+	for _, cs := range r.ByTarget {
+		covered += len(cs)
+	}
+	if covered != 150 {
+		t.Fatalf("slots filled %d, want 3 × 50", covered)
+	}
+}

@@ -26,6 +26,8 @@ type Config struct {
 	K int
 	// LoadFactor caps a proxy's checks at LoadFactor × mean (0: no cap).
 	LoadFactor float64
+	// MaxPerProxy is a hard ceiling on one proxy's checks (0: none).
+	MaxPerProxy int
 	// ReportInterval is what proxies are told to report at.
 	ReportInterval time.Duration
 	// StaleAfter: a proxy silent this long has stale votes (default 3 ×
@@ -307,7 +309,7 @@ func (r *Replica) recompute() {
 			ts[i] = assign.Target{Key: e.Key.String(), Zone: e.Zone(), Need: uint8(c.Protocol)}
 		}
 		start := time.Now()
-		asg = assign.Compute(assign.Config{K: r.cfg.K, LoadFactor: r.cfg.LoadFactor}, ps, ts)
+		asg = assign.Compute(assign.Config{K: r.cfg.K, LoadFactor: r.cfg.LoadFactor, MaxPerProxy: r.cfg.MaxPerProxy}, ps, ts)
 		r.met.assignSeconds.Observe(time.Since(start).Seconds())
 		r.lastAssign.Store(int64(time.Since(start)))
 		if prev != nil {

@@ -56,6 +56,7 @@ func flags(fs *pflag.FlagSet) {
 	fs.String("zone", "", "this replica's zone (xDS node locality)")
 	fs.Int("checkers-per-endpoint", 2, "k: proxies that check each endpoint")
 	fs.Float64("load-factor", 1.5, "cap any proxy at load-factor × the mean checks per proxy (0: no cap)")
+	fs.Int("max-checks-per-proxy", 0, "hard ceiling on one proxy's checks, even if endpoints then get fewer than k checkers (0: none)")
 	fs.Duration("report-interval", 1_000_000_000, "how often proxies report (HealthCheckSpecifier.interval)")
 	fs.Duration("stale-after", 0, "a silent proxy's votes go stale after this (0: 3 × report-interval)")
 	fs.Duration("reassign-after", 0, "a silent proxy's work moves to others after this (0: 10 × report-interval)")
@@ -103,6 +104,7 @@ func run(ctx context.Context, env *app.Env) error {
 	seeds, _ := f.GetStringSlice("join")
 	k, _ := f.GetInt("checkers-per-endpoint")
 	lf, _ := f.GetFloat64("load-factor")
+	maxPer, _ := f.GetInt("max-checks-per-proxy")
 	ri, _ := f.GetDuration("report-interval")
 	stale, _ := f.GetDuration("stale-after")
 	reassign, _ := f.GetDuration("reassign-after")
@@ -118,8 +120,8 @@ func run(ctx context.Context, env *app.Env) error {
 	if ri <= 0 {
 		return app.Usagef("--report-interval must be positive, got %v", ri)
 	}
-	if lf < 0 || sf < 0 || sf > 1 {
-		return app.Usagef("--load-factor must be >= 0 and --suspect-fraction in [0,1]")
+	if lf < 0 || sf < 0 || sf > 1 || maxPer < 0 {
+		return app.Usagef("--load-factor and --max-checks-per-proxy must be >= 0 and --suspect-fraction in [0,1]")
 	}
 
 	var src catalog.Source
@@ -144,7 +146,7 @@ func run(ctx context.Context, env *app.Env) error {
 		return app.Usagef("--grpc-addr %s: %v", grpcAddr, err)
 	}
 	rep, err := replica.New(replica.Config{
-		K: k, LoadFactor: lf, ReportInterval: ri, StaleAfter: stale, ReassignAfter: reassign,
+		K: k, LoadFactor: lf, MaxPerProxy: maxPer, ReportInterval: ri, StaleAfter: stale, ReassignAfter: reassign,
 		Verdict: verdict.Config{Rule: rule, SuspectFraction: sf, SuspectMin: sm},
 		Log:     env.Log,
 		Ring: ring.Config{
