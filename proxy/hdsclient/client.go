@@ -210,7 +210,9 @@ func (c *Client) stream(ctx context.Context, addr string, attempt *int) error {
 	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := healthv3.NewHealthDiscoveryServiceClient(conn).StreamHealthCheck(sctx, grpc.WaitForReady(true))
+	// Not WaitForReady: a dead replica must fail fast so the next retry
+	// tries the next address.
+	st, err := healthv3.NewHealthDiscoveryServiceClient(conn).StreamHealthCheck(sctx)
 	if err != nil {
 		return fmt.Errorf("open stream to %s: %w", addr, err)
 	}

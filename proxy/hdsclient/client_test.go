@@ -402,7 +402,8 @@ func TestHDSClientSkipsDisabledAndHonoursCheckPort(t *testing.T) {
 	disabled := ep(t, deadAddr(t))
 	disabled.HealthCheckConfig = &endpointv3.Endpoint_HealthCheckConfig{DisableActiveHealthCheck: true}
 	f.spec = spec(30*time.Millisecond, clusterHC("web", httpCheck(), loc("zone-a", serving, disabled)))
-	c, stop := runClient(t, addrOf(f))
+	// The first replica listed is down: the client moves on to the next.
+	c, stop := runClient(t, deadAddr(t)+","+addrOf(f))
 	defer stop()
 	sa := serving.GetAddress().GetSocketAddress()
 	servingAddr := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
