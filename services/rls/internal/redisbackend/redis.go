@@ -95,7 +95,7 @@ func New(o Options) (*Redis, error) {
 		o.BatchSize = 256
 	}
 	if o.Pipelines <= 0 {
-		o.Pipelines = 4
+		o.Pipelines = 1
 	}
 	if o.BreakerFailures <= 0 {
 		o.BreakerFailures = 5
