@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -111,7 +112,7 @@ func (c *Controller) SetHealth(ctx context.Context, h translate.Health) {
 	c.health = h
 	n := 0
 	for _, st := range h {
-		if st.String() == "UNHEALTHY" {
+		if st == corev3.HealthStatus_UNHEALTHY {
 			n++
 		}
 	}

@@ -8,9 +8,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"maps"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
@@ -45,7 +48,7 @@ var snapshotTypes = []struct {
 type Server struct {
 	log     *slog.Logger
 	snaps   cachev3.SnapshotCache
-	eds     *cachev3.LinearCache
+	eds     []*cachev3.LinearCache
 	cache   cachev3.Cache
 	ads     serverv3.Server
 	hash    *nodeHash
@@ -67,15 +70,21 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 	s.snaps = cachev3.NewSnapshotCache(false, s.hash, cl)
 	// The prefix makes versions from an earlier process unknown, so
 	// reconnecting clients get everything again.
-	s.eds = cachev3.NewLinearCache(resourcev3.EndpointType,
-		cachev3.WithVersionPrefix("eds-"+strconv.FormatInt(time.Now().UnixNano(), 36)+"-"),
-		cachev3.WithLogger(cl))
+	// EDS is sharded by node: a linear cache answers its watches in one
+	// serial loop, so shards let an endpoint change fan out on every core.
+	caches := map[string]cachev3.Cache{"snap": s.snaps}
+	prefix := "eds-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+	for i := range min(max(runtime.GOMAXPROCS(0), 1), 16) {
+		lc := cachev3.NewLinearCache(resourcev3.EndpointType, cachev3.WithVersionPrefix(prefix), cachev3.WithLogger(cl))
+		s.eds = append(s.eds, lc)
+		caches["eds-"+strconv.Itoa(i)] = lc
+	}
 	s.cache = &cachev3.MuxCache{
 		Classify: func(r *cachev3.Request) string { return s.classify(r.GetTypeUrl(), r.GetNode()) },
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string {
 			return s.classify(r.GetTypeUrl(), r.GetNode())
 		},
-		Caches: map[string]cachev3.Cache{"eds": s.eds, "snap": s.snaps},
+		Caches: caches,
 	}
 	s.tracker = newTracker(log, reg, s.hash)
 	// Legacy wildcard stays on for LDS/CDS (Envoy asks for them with an
@@ -92,7 +101,9 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 // snapshot instead: full state, re-sent whole on change (a handful of nodes).
 func (s *Server) classify(typeURL string, n *corev3.Node) string {
 	if typeURL == resourcev3.EndpointType && s.hash.ID(n) != translate.GroupHDS {
-		return "eds"
+		h := fnv.New32a()
+		h.Write([]byte(n.GetId()))
+		return "eds-" + strconv.Itoa(int(h.Sum32()%uint32(len(s.eds))))
 	}
 	return "snap"
 }
@@ -148,7 +159,13 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 	}
 	if len(toUpdate) > 0 || len(toDelete) > 0 {
 		s.tracker.markChange(resourcev3.EndpointType, now)
-		if err := s.eds.UpdateResources(toUpdate, toDelete); err != nil {
+		errs := make([]error, len(s.eds))
+		var wg sync.WaitGroup
+		for i, lc := range s.eds {
+			wg.Go(func() { errs[i] = lc.UpdateResources(toUpdate, toDelete) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
 			return fmt.Errorf("endpoints: %w", err)
 		}
 		s.tracker.pushes(resourcev3.EndpointType, len(toUpdate)+len(toDelete))
