@@ -272,3 +272,13 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestBenchRulesLoad(t *testing.T) {
+	c, err := Load("../../examples/bench")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Match("bench", entries("tight", "x")); l == nil || l.RequestsPerUnit != 5 {
+		t.Fatalf("bench tight = %+v", l)
+	}
+}
