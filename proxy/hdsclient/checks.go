@@ -88,7 +88,7 @@ type plan struct {
 
 // build validates spec and prepares the next set. It changes nothing: a
 // bad specifier leaves the running checks alone.
-func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, sourceIP netip.Addr, log *slog.Logger) (*plan, error) {
+func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, opts healthcheck.Options, log *slog.Logger) (*plan, error) {
 	if err := spec.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("invalid health check specifier: %w", err)
 	}
@@ -118,13 +118,13 @@ func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, sourceIP netip.A
 			}
 		}
 		nc := &cluster{name: name}
-		src := sourceIP
+		copts := opts
 		if sa := chc.GetUpstreamBindConfig().GetSourceAddress(); sa != nil {
 			ip, err := netip.ParseAddr(sa.GetAddress())
 			if err != nil {
 				return nil, fmt.Errorf("cluster_health_checks[%d] (%s).upstream_bind_config.source_address: %q is not an IP", ci, name, sa.GetAddress())
 			}
-			src = ip
+			copts.SourceIP = ip
 		}
 		hostSeen := map[string]bool{}
 		for li, le := range chc.GetLocalityEndpoints() {
@@ -156,7 +156,7 @@ func (cur *checkSet) build(spec *healthv3.HealthCheckSpecifier, sourceIP netip.A
 				delete(oldCheckers, key) // an identical duplicate gets its own
 				continue
 			}
-			c, err := healthcheck.New(hc, healthcheck.Options{SourceIP: src})
+			c, err := healthcheck.New(hc, copts)
 			if err != nil {
 				p.abort()
 				return nil, fmt.Errorf("cluster_health_checks[%d] (%s).health_checks[%d]: %w", ci, name, hi, err)

@@ -23,10 +23,13 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	healthv3 "github.com/envoyproxy/go-control-plane/envoy/service/health/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/sidemesh/sidemesh/proxy/healthcheck"
 )
 
 // MetadataProtocols is the node metadata key listing the check protocols
@@ -47,6 +50,8 @@ type Config struct {
 	// SourceIP binds probe connections (unless a cluster's
 	// upstream_bind_config says otherwise); zero: the system's choice.
 	SourceIP netip.Addr
+	// Registerer receives the client's counters (optional).
+	Registerer prometheus.Registerer
 	// DialOptions are added to the insecure default.
 	DialOptions []grpc.DialOption
 }
@@ -56,6 +61,7 @@ type Client struct {
 	cfg   Config
 	addrs []string
 	node  *corev3.Node
+	met   *metrics
 
 	mu      sync.Mutex
 	set     *checkSet
@@ -95,8 +101,9 @@ type HostStatus struct {
 	LastError string `json:"last_error,omitempty"`
 }
 
-// New returns a client; Run starts it.
-func New(cfg Config) *Client {
+// New returns a client; Run starts it. It fails only if the counters
+// cannot be registered.
+func New(cfg Config) (*Client, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -112,7 +119,11 @@ func New(cfg Config) *Client {
 			addrs = append(addrs, a)
 		}
 	}
-	return &Client{cfg: cfg, addrs: addrs, node: withProtocols(cfg.Node), set: &checkSet{}}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("hds client metrics: %w", err)
+	}
+	return &Client{cfg: cfg, addrs: addrs, node: withProtocols(cfg.Node), set: &checkSet{}, met: met}, nil
 }
 
 // withProtocols copies node and lists HTTP, TCP and GRPC in its metadata.
@@ -182,6 +193,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if err != nil {
 			c.st.LastError = err.Error()
 		}
+		c.met.event("errors")
 		c.applied = nil // an identical specifier on the next stream is applied again
 		c.mu.Unlock()
 		ceil := min(c.cfg.BackoffBase<<min(attempt, 20), c.cfg.BackoffMax)
@@ -222,7 +234,8 @@ func (c *Client) stream(ctx context.Context, addr string, attempt *int) error {
 	if err := st.Send(req); err != nil {
 		return fmt.Errorf("send request to %s: %w", addr, err)
 	}
-	*attempt = 0 // Envoy resets the backoff once the stream is up
+	c.met.event("responses") // Envoy counts the request message as a response
+	*attempt = 0             // Envoy resets the backoff once the stream is up
 	c.mu.Lock()
 	c.st.Addr, c.st.Connected = addr, true
 	c.st.Streams++
@@ -292,6 +305,7 @@ func (c *Client) stream(ctx context.Context, addr string, attempt *int) error {
 			c.mu.Lock()
 			c.st.Reports++
 			c.mu.Unlock()
+			c.met.event("responses")
 		}
 	}
 }
@@ -300,6 +314,7 @@ func (c *Client) stream(ctx context.Context, addr string, attempt *int) error {
 // invalid; it reports whether the specifier was applied.
 func (c *Client) apply(ctx context.Context, spec *healthv3.HealthCheckSpecifier) bool {
 	enc, _ := proto.MarshalOptions{Deterministic: true}.Marshal(spec)
+	c.met.event("requests")
 	c.mu.Lock()
 	c.st.Specifiers++
 	same := c.applied != nil && string(c.applied) == string(enc)
@@ -308,13 +323,14 @@ func (c *Client) apply(ctx context.Context, spec *healthv3.HealthCheckSpecifier)
 	if same {
 		return false
 	}
-	p, err := cur.build(spec, c.cfg.SourceIP, c.cfg.Log)
+	p, err := cur.build(spec, healthcheck.Options{SourceIP: c.cfg.SourceIP, OnResult: c.met.probe}, c.cfg.Log)
 	if err != nil {
 		c.cfg.Log.Warn("hds: rejecting specifier, keeping the previous checks", "err", err)
 		c.mu.Lock()
 		c.st.Errors++
 		c.st.LastError = err.Error()
 		c.mu.Unlock()
+		c.met.event("errors")
 		return false
 	}
 	// Sessions live for the client, not the stream: use the Run context's
@@ -325,6 +341,7 @@ func (c *Client) apply(ctx context.Context, spec *healthv3.HealthCheckSpecifier)
 	c.applied = enc
 	c.st.Updates++
 	c.mu.Unlock()
+	c.met.event("updates")
 	n := 0
 	for _, cl := range next.clusters {
 		n += len(cl.hosts)

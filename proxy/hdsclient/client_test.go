@@ -16,6 +16,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	healthv3 "github.com/envoyproxy/go-control-plane/envoy/service/health/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -231,8 +232,15 @@ func deadAddr(t *testing.T) string {
 }
 
 func runClient(t *testing.T, addr string) (*Client, func()) {
-	c := New(Config{Addr: addr, Node: &corev3.Node{Id: "web-sidecar", Cluster: "web", Locality: &corev3.Locality{Zone: "zone-a"}},
-		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
+	return runClientReg(t, addr, nil)
+}
+
+func runClientReg(t *testing.T, addr string, reg prometheus.Registerer) (*Client, func()) {
+	c, err := New(Config{Addr: addr, Node: &corev3.Node{Id: "web-sidecar", Cluster: "web", Locality: &corev3.Locality{Zone: "zone-a"}},
+		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
@@ -253,7 +261,8 @@ func TestHDSClientLifecycle(t *testing.T) {
 	up2Addr := strings.TrimPrefix(up2.srv.URL, "http://")
 	f.spec = spec(50*time.Millisecond,
 		clusterHC("web", httpCheck(), loc("zone-a", ep(t, upAddr)), loc("zone-b", ep(t, dead))))
-	c, stop := runClient(t, addrOf(f))
+	reg := prometheus.NewRegistry()
+	c, stop := runClientReg(t, addrOf(f), reg)
 	defer stop()
 
 	// 1. The first message announces node and capabilities.
@@ -337,6 +346,24 @@ func TestHDSClientLifecycle(t *testing.T) {
 	c.ServeHTTP(rec, httptest.NewRequest("GET", "/hds", nil))
 	if body := rec.Body.String(); rec.Code != 200 || !strings.Contains(body, `"name": "api"`) || !strings.Contains(body, `"health": "HEALTHY"`) {
 		t.Fatalf("admin page: %d %s", rec.Code, body)
+	}
+
+	// Counters as Envoy's hds_delegate and health_check stats.
+	mfs, _ := reg.Gather()
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			k := mf.GetName()
+			for _, l := range m.GetLabel() {
+				k += "/" + l.GetValue()
+			}
+			got[k] = m.GetCounter().GetValue()
+		}
+	}
+	if got["sidemesh_proxy_hds_events_total/updates"] != 2 || got["sidemesh_proxy_hds_events_total/errors"] != 1 ||
+		got["sidemesh_proxy_hds_events_total/requests"] < 4 || got["sidemesh_proxy_health_checks_total/web/success"] == 0 ||
+		got["sidemesh_proxy_health_checks_total/api/success"] == 0 {
+		t.Fatalf("metrics: %v", got)
 	}
 
 	// 6. An upstream that starts failing turns UNHEALTHY in the reports.

@@ -177,8 +177,11 @@ func TestDelegatedChecksK2(t *testing.T) {
 	for i, zone := range []string{"zone-a", "zone-a", "zone-b"} {
 		// Each proxy probes from its own loopback address, so the
 		// upstreams can tell the probers apart.
-		c := New(Config{SourceIP: netip.MustParseAddr(fmt.Sprintf("127.0.0.%d", 11+i)), Addr: addrs[i%2] + "," + addrs[(i+1)%2], Node: &corev3.Node{Id: fmt.Sprintf("proxy-%d", i), Cluster: "web", Locality: &corev3.Locality{Zone: zone}},
+		c, err := New(Config{SourceIP: netip.MustParseAddr(fmt.Sprintf("127.0.0.%d", 11+i)), Addr: addrs[i%2] + "," + addrs[(i+1)%2], Node: &corev3.Node{Id: fmt.Sprintf("proxy-%d", i), Cluster: "web", Locality: &corev3.Locality{Zone: zone}},
 			BackoffBase: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { _ = c.Run(ctx); close(done) }()
