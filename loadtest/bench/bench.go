@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -354,6 +355,9 @@ func (b *Bench) xds(ctx context.Context, logs string) {
 			cp.stop()
 			continue
 		}
+		// The run rewrites the model at once: wait until the controlplane
+		// says it is ready (its model watch is up), not only listening.
+		waitReady(ctx, "http://"+aaddr+"/ready", 20*time.Second)
 		b.exec(ctx, e, xdsload.Spec(), append(gen, "--target", xaddr, "--clients", strconv.Itoa(b.Size.XDSClients), "--mode", mode,
 			"--changes", strconv.Itoa(b.Size.XDSChanges), "--target-pid", strconv.Itoa(cp.pid()))...)
 		cp.stop()
@@ -417,5 +421,21 @@ func Spec() app.Spec {
 			}
 			return nil
 		},
+	}
+}
+
+// waitReady polls url until it answers 200 or timeout (best effort: a
+// target without /ready is simply given the time).
+func waitReady(ctx context.Context, url string, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
