@@ -51,6 +51,11 @@ type fileEndpoint struct {
 
 // ParseFile parses a clusters file. Errors name the cluster and field.
 func ParseFile(data []byte) (*Snapshot, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		// Usually a write caught half-way (truncated, not yet written):
+		// dropping every cluster on that would be wrong.
+		return nil, errors.New("file is empty (write `clusters: []` for no clusters)")
+	}
 	var doc fileDoc
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)

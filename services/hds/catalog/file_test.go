@@ -57,6 +57,7 @@ func TestParseFileErrors(t *testing.T) {
 		"expected_statuses range [700,800)":             "clusters: [{name: a, health_check: {expected_statuses: [[700, 800]]}}]",
 		"duplicate endpoint a/1.2.3.4:1":                "clusters: [{name: a, endpoints: [{address: 1.2.3.4, port: 1}, {address: 1.2.3.4, port: 1}]}]",
 		"interval, timeout and initial_jitter must not": "clusters: [{name: a, health_check: {timeout: -1s}}]",
+		"file is empty":                                 " \n",
 	}
 	for want, in := range cases {
 		_, err := ParseFile([]byte(in))
