@@ -21,6 +21,8 @@ const (
 // prober runs one attempt; ctx carries HealthCheck.timeout.
 type prober interface {
 	probe(ctx context.Context, t Target) Result
+	// forget drops per-target resources when a host's session ends.
+	forget(t Target)
 	close()
 }
 
@@ -175,6 +177,7 @@ func (c *Checker) Run(ctx context.Context, h *Host) {
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
+	defer c.p.forget(h.Target)
 	for {
 		select {
 		case <-ctx.Done():

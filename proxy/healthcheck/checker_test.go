@@ -426,6 +426,23 @@ func TestGRPC(t *testing.T) {
 	if r, _ := c.step(context.Background(), h, cnt); r.Kind != FailActive || h.State().Healthy {
 		t.Fatalf("NOT_SERVING should fail at once: %+v", r)
 	}
+	// A host's session ending releases its connection.
+	hs.SetServingStatus("api", healthpb.HealthCheckResponse_SERVING)
+	h2 := NewHost(Target{Cluster: "api", Addr: ln.Addr().String(), Hostname: "other"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx, h2); close(done) }()
+	waitFor(t, "grpc host healthy", func() bool { return h2.State().Healthy })
+	cancel()
+	<-done
+	gp := c.p.(*grpcProber)
+	gp.mu.Lock()
+	_, still := gp.conns[ln.Addr().String()+"|other"]
+	gp.mu.Unlock()
+	if still {
+		t.Fatal("connection kept after the session ended")
+	}
+
 	hc.GetGrpcHealthCheck().ServiceName = "unknown"
 	c2 := mustNew(t, hc)
 	if r, _ := c2.step(context.Background(), NewHost(h.Target), &counters{firstCheck: true}); r.Kind != FailActive {

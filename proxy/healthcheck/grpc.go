@@ -38,7 +38,7 @@ func newGRPCProber(g *corev3.HealthCheck_GrpcHealthCheck, dialer *net.Dialer) *g
 	return p
 }
 
-func (p *grpcProber) conn(t Target) (*grpc.ClientConn, error) {
+func (p *grpcProber) key(t Target) (key, authority string) {
 	auth := t.Hostname
 	if auth == "" {
 		auth = p.authority
@@ -46,7 +46,11 @@ func (p *grpcProber) conn(t Target) (*grpc.ClientConn, error) {
 	if auth == "" {
 		auth = t.Cluster
 	}
-	key := t.Addr + "|" + auth
+	return t.Addr + "|" + auth, auth
+}
+
+func (p *grpcProber) conn(t Target) (*grpc.ClientConn, error) {
+	key, auth := p.key(t)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.conns[key]; ok {
@@ -90,6 +94,18 @@ func (p *grpcProber) probe(ctx context.Context, t Target) Result {
 		return Result{Kind: FailActive, Err: fmt.Errorf("grpc health status %s", resp.GetStatus())}
 	}
 	return Result{}
+}
+
+// forget closes the target's connection; a session still probing the same
+// address reopens it on its next probe.
+func (p *grpcProber) forget(t Target) {
+	key, _ := p.key(t)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[key]; ok {
+		_ = c.Close()
+		delete(p.conns, key)
+	}
 }
 
 func (p *grpcProber) close() {

@@ -216,4 +216,6 @@ func (p *httpProber) probe(ctx context.Context, t Target) Result {
 	return r
 }
 
+func (p *httpProber) forget(Target) {} // idle connections time out
+
 func (p *httpProber) close() { p.tr.CloseIdleConnections() }

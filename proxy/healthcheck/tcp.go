@@ -84,4 +84,6 @@ func (p *tcpProber) probe(ctx context.Context, t Target) Result {
 	}
 }
 
+func (p *tcpProber) forget(Target) {}
+
 func (p *tcpProber) close() {}
