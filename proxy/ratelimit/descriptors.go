@@ -19,6 +19,8 @@ import (
 // version; Descriptors is then allocation-light and lock-free.
 type Policy struct {
 	entries []entry
+	// anyStage: the filter-level rate_limits, where Envoy ignores stage.
+	anyStage bool
 }
 
 type entry struct {
@@ -230,7 +232,7 @@ func (p *Policy) Descriptors(stage uint32, h http.Header, a *RequestAttrs, out [
 	}
 next:
 	for _, e := range p.entries {
-		if e.stage != stage {
+		if e.stage != stage && !p.anyStage {
 			continue
 		}
 		d := &rlcommonv3.RateLimitDescriptor{}

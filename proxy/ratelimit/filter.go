@@ -96,6 +96,8 @@ type Filter struct {
 	noRLHeader    bool
 	limitedStatus int
 	errorStatus   int
+	retryAfter    bool
+	own           *Policy // filter-level rate_limits: replace the route's
 	client        RLSClient
 	opts          Options
 	prom          *prometheus.CounterVec
@@ -108,15 +110,21 @@ func New(cfg *ratelimitv3.RateLimit, client RLSClient, opts Options) (*Filter, e
 	if err := cfg.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("ratelimit filter: %w", err)
 	}
-	if len(cfg.GetRateLimits()) > 0 {
-		return nil, fmt.Errorf("ratelimit filter: rate_limits in the filter config are not supported; put them on the route or virtual host")
-	}
 	f := &Filter{
 		domain: cfg.GetDomain(), stage: cfg.GetStage(), requestType: cfg.GetRequestType(),
 		timeout: DefaultTimeout, deny: cfg.GetFailureModeDeny(), asExhausted: cfg.GetRateLimitedAsResourceExhausted(),
 		xHeaders:   cfg.GetEnableXRatelimitHeaders() == ratelimitv3.RateLimit_DRAFT_VERSION_03,
 		noRLHeader: cfg.GetDisableXEnvoyRatelimitedHeader(), limitedStatus: http.StatusTooManyRequests,
 		errorStatus: http.StatusInternalServerError, client: client, opts: opts,
+	}
+	f.retryAfter = cfg.GetEnableRetryAfterHeader()
+	if rl := cfg.GetRateLimits(); len(rl) > 0 {
+		p, err := Compile(rl)
+		if err != nil {
+			return nil, fmt.Errorf("ratelimit filter: %w", err)
+		}
+		p.anyStage = true
+		f.own = p
 	}
 	if f.requestType == "" {
 		f.requestType = "both"
@@ -185,6 +193,9 @@ func (f *Filter) count(o Outcome) {
 func (f *Filter) Descriptors(r *http.Request, route RouteInfo) []*rlcommonv3.RateLimitDescriptor {
 	attrs := RequestAttrs{RemoteAddr: r.RemoteAddr, LocalCluster: f.opts.LocalCluster, DestinationCluster: route.DestinationCluster}
 	var ds []*rlcommonv3.RateLimitDescriptor
+	if f.own != nil {
+		return f.own.Descriptors(f.stage, r.Header, &attrs, ds)
+	}
 	ds = route.Route.Descriptors(f.stage, r.Header, &attrs, ds)
 	if route.IncludeVH || route.Route == nil || len(route.Route.entries) == 0 {
 		ds = route.VirtualHost.Descriptors(f.stage, r.Header, &attrs, ds)
@@ -239,11 +250,23 @@ func (f *Filter) Check(ctx context.Context, r *http.Request, route RouteInfo) De
 	if resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
 		f.count(OverLimit)
 		d.Outcome, d.Deny, d.Status = OverLimit, true, f.limitedStatus
+		if d.ResponseHeaders == nil {
+			d.ResponseHeaders = http.Header{}
+		}
 		if !f.noRLHeader {
-			if d.ResponseHeaders == nil {
-				d.ResponseHeaders = http.Header{}
-			}
 			d.ResponseHeaders.Set("X-Envoy-Ratelimited", "true")
+		}
+		if f.retryAfter && d.Status == http.StatusTooManyRequests && d.ResponseHeaders.Get("Retry-After") == "" {
+			// The largest wait among the over-limit descriptors, ≥ 1 s.
+			var wait time.Duration
+			for _, s := range resp.GetStatuses() {
+				if s.GetCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
+					wait = max(wait, s.GetDurationUntilReset().AsDuration())
+				}
+			}
+			if wait > 0 {
+				d.ResponseHeaders.Set("Retry-After", strconv.FormatInt(max(int64((wait+time.Second-1)/time.Second), 1), 10))
+			}
 		}
 		code := codes.Unavailable
 		if f.asExhausted {

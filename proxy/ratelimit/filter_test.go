@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // fakeRLS is a real gRPC RateLimitService: limit requests per descriptor
@@ -231,6 +232,31 @@ func TestHandlerThroughHTTP(t *testing.T) {
 	}
 	if r := get("application/grpc"); r.StatusCode != 200 || r.Header.Get("Grpc-Status") != "8" {
 		t.Fatalf("grpc over limit: %d %v", r.StatusCode, r.Header)
+	}
+}
+
+func TestRetryAfterAndFilterLevelLimits(t *testing.T) {
+	_, addr, _ := startFakeRLS(t, 1)
+	conn, client, err := Dial([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conf := filterConf(2*time.Second, false)
+	conf.EnableRetryAfterHeader = true
+	// Filter-level rate_limits replace the route's (and ignore stage).
+	conf.RateLimits = []*routev3.RateLimit{{Stage: wrapperspb.UInt32(3), Actions: []*routev3.RateLimit_Action{genericKey("tenant", "t1")}}}
+	flt, err := New(conf, client, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := userRoute(t)
+	if d := flt.Check(context.Background(), newReq(""), route); d.Outcome != OK {
+		t.Fatalf("filter-level descriptor not sent: %+v", d)
+	}
+	d := flt.Check(context.Background(), newReq("alice"), route)
+	if d.Outcome != OverLimit || d.ResponseHeaders.Get("Retry-After") != "42" {
+		t.Fatalf("retry-after: %+v", d)
 	}
 }
 
