@@ -331,6 +331,20 @@ func TestHDSClientLifecycle(t *testing.T) {
 		t.Fatal("kept host is no longer probed")
 	}
 
+	if st := c.Status(); st.ReportInterval != 50*time.Millisecond {
+		t.Fatalf("report interval %v", st.ReportInterval)
+	}
+	// A new interval re-arms the report timer (Envoy's TestUpdateChangesTimer).
+	slower := proto.Clone(next).(*healthv3.HealthCheckSpecifier)
+	slower.Interval = durationpb.New(300 * time.Millisecond)
+	f.push <- slower
+	waitFor(t, "report interval 300ms", func() bool { return c.Status().ReportInterval == 300*time.Millisecond })
+	n = f.nReports()
+	waitFor(t, "reports continue", func() bool { return f.nReports() >= n+2 })
+	f.push <- next
+	waitFor(t, "report interval back to 50ms", func() bool { return c.Status().ReportInterval == 50*time.Millisecond })
+	updates = c.Status().Updates
+
 	// 5. An invalid specifier is rejected and the old checks stay.
 	bad := proto.Clone(next).(*healthv3.HealthCheckSpecifier)
 	bad.ClusterHealthChecks[0].HealthChecks[0].HealthyThreshold = nil
@@ -360,7 +374,7 @@ func TestHDSClientLifecycle(t *testing.T) {
 			got[k] = m.GetCounter().GetValue()
 		}
 	}
-	if got["sidemesh_proxy_hds_events_total/updates"] != 2 || got["sidemesh_proxy_hds_events_total/errors"] != 1 ||
+	if got["sidemesh_proxy_hds_events_total/updates"] != float64(updates) || got["sidemesh_proxy_hds_events_total/errors"] != 1 ||
 		got["sidemesh_proxy_hds_events_total/requests"] < 4 || got["sidemesh_proxy_health_checks_total/web/success"] == 0 ||
 		got["sidemesh_proxy_health_checks_total/api/success"] == 0 {
 		t.Fatalf("metrics: %v", got)
