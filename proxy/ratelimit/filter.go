@@ -51,6 +51,34 @@ type RouteInfo struct {
 	// none (Envoy's default OVERRIDE).
 	IncludeVH          bool
 	DestinationCluster string
+	// Domain overrides the filter's domain (RateLimitPerRoute.domain).
+	Domain string
+}
+
+// WithPerRoute applies a route's RateLimitPerRoute (typed_per_filter_config)
+// at config time: vh_rate_limits (OVERRIDE, INCLUDE, IGNORE), domain, and
+// rate_limits replacing the route's own.
+func (ri RouteInfo) WithPerRoute(p *ratelimitv3.RateLimitPerRoute) (RouteInfo, error) {
+	if err := p.ValidateAll(); err != nil {
+		return ri, fmt.Errorf("ratelimit per-route config: %w", err)
+	}
+	switch p.GetVhRateLimits() {
+	case ratelimitv3.RateLimitPerRoute_INCLUDE:
+		ri.IncludeVH = true
+	case ratelimitv3.RateLimitPerRoute_IGNORE:
+		ri.VirtualHost = nil
+	}
+	if p.GetDomain() != "" {
+		ri.Domain = p.GetDomain()
+	}
+	if rl := p.GetRateLimits(); len(rl) > 0 && p.GetOverrideOption() != ratelimitv3.RateLimitPerRoute_IGNORE_POLICY {
+		pol, err := Compile(rl)
+		if err != nil {
+			return ri, fmt.Errorf("ratelimit per-route config: %w", err)
+		}
+		ri.Route = pol
+	}
+	return ri, nil
 }
 
 // Outcome names what happened to a request.
@@ -218,7 +246,11 @@ func (f *Filter) Check(ctx context.Context, r *http.Request, route RouteInfo) De
 		return Decision{Outcome: NotApplied}
 	}
 	cctx, cancel := context.WithTimeout(ctx, f.timeout)
-	resp, err := f.client.ShouldRateLimit(cctx, &rlsv3.RateLimitRequest{Domain: f.domain, Descriptors: ds, HitsAddend: 1})
+	domain := f.domain
+	if route.Domain != "" {
+		domain = route.Domain
+	}
+	resp, err := f.client.ShouldRateLimit(cctx, &rlsv3.RateLimitRequest{Domain: domain, Descriptors: ds, HitsAddend: 1})
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {

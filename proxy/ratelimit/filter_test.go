@@ -260,6 +260,28 @@ func TestRetryAfterAndFilterLevelLimits(t *testing.T) {
 	}
 }
 
+func TestPerRoute(t *testing.T) {
+	vh := mustCompile(t, limits([]*routev3.RateLimit_Action{genericKey("k", "vh")}))
+	base := RouteInfo{Route: mustCompile(t, limits([]*routev3.RateLimit_Action{genericKey("k", "route")})), VirtualHost: vh}
+	f := &Filter{}
+	r := newReq("")
+	ri, err := base.WithPerRoute(&ratelimitv3.RateLimitPerRoute{VhRateLimits: ratelimitv3.RateLimitPerRoute_INCLUDE, Domain: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := render(f.Descriptors(r, ri)); got != "k=route|k=vh" || ri.Domain != "other" {
+		t.Fatalf("include: %q domain %q", got, ri.Domain)
+	}
+	ri, _ = RouteInfo{VirtualHost: vh}.WithPerRoute(&ratelimitv3.RateLimitPerRoute{VhRateLimits: ratelimitv3.RateLimitPerRoute_IGNORE})
+	if got := render(f.Descriptors(r, ri)); got != "" {
+		t.Fatalf("ignore: %q", got)
+	}
+	ri, _ = base.WithPerRoute(&ratelimitv3.RateLimitPerRoute{RateLimits: limits([]*routev3.RateLimit_Action{genericKey("k", "per-route")})})
+	if got := render(f.Descriptors(r, ri)); got != "k=per-route" {
+		t.Fatalf("per-route rate_limits: %q", got)
+	}
+}
+
 func TestNewRejectsBadConfig(t *testing.T) {
 	if got := RLSCluster(filterConf(time.Second, false)); got != "rls" {
 		t.Fatalf("RLSCluster = %q", got)
