@@ -40,6 +40,15 @@ func BenchmarkCheckRealRLS(b *testing.B) {
 		b.Fatal(err)
 	}
 	route := userRoute(b)
+	// The filter's own work (descriptors, decision) without RLS: a
+	// descriptor-less request never calls out.
+	b.Run("descriptors-only", func(b *testing.B) {
+		r := newReq("alice")
+		b.ReportAllocs()
+		for b.Loop() {
+			f.Descriptors(r, route)
+		}
+	})
 	for _, par := range []int{1, 64} {
 		b.Run(fmt.Sprintf("conc=%d", par), func(b *testing.B) {
 			var mu sync.Mutex
