@@ -97,6 +97,21 @@ func (b *Bench) exec(ctx context.Context, e *Entry, spec app.Spec, args ...strin
 	}
 }
 
+// saveJSON rewrites an entry's JSON after the bench added derived values.
+func (b *Bench) saveJSON(e *Entry) {
+	f, err := os.Create(filepath.Join(b.dataDir, e.Name+".json"))
+	if err != nil {
+		e.Err = err
+		return
+	}
+	if err := e.Result.WriteJSON(f); err != nil {
+		e.Err = err
+	}
+	if err := f.Close(); err != nil && e.Err == nil {
+		e.Err = err
+	}
+}
+
 func (b *Bench) add(name, title string) *Entry {
 	e := &Entry{Name: name, Title: title}
 	b.entries = append(b.entries, e)
@@ -208,6 +223,7 @@ func (b *Bench) rls(ctx context.Context, logs string) {
 	b.exec(ctx, e, rlsload.Spec(), append(append(b.loadArgs(), common...), "--keys", "unique")...)
 	if e.Result != nil && e.Result.Cost != nil && noopCost > 0 {
 		e.Result.Values["cpu_ratio_to_noop"] = e.Result.Cost.CPUMicrosPerRequest / noopCost
+		b.saveJSON(e)
 	}
 	var maxRPS float64
 	if e.Result != nil {
@@ -319,6 +335,7 @@ func (b *Bench) http(ctx context.Context, logs string) {
 		if d := direct[c.suffix]; e.Result != nil && d != nil && d.Result != nil {
 			e.Result.Values["added_p50_us_vs_direct"] = float64(e.Result.Latency.P50 - d.Result.Latency.P50)
 			e.Result.Values["throughput_ratio_to_direct"] = e.Result.Throughput / d.Result.Throughput
+			b.saveJSON(e)
 		}
 	}
 }

@@ -68,6 +68,9 @@ func TestQuickBench(t *testing.T) {
 	if got := b.entries[1].Result; got == nil || got.Values["cpu_ratio_to_noop"] <= 0 || got.Values["redis_roundtrips_per_request"] <= 0 {
 		t.Errorf("rls-redis lacks the noop ratio or round trips: %+v", got)
 	}
+	if saved, err := report.ReadJSON(filepath.Join(b.dataDir, "rls-redis.json")); err != nil || saved.Values["cpu_ratio_to_noop"] <= 0 {
+		t.Errorf("rls-redis.json lacks the derived noop ratio: %v %+v", err, saved)
+	}
 	if !strings.Contains(string(md), "| xds-sotw | skipped |") {
 		t.Errorf("report does not list the skipped scenario:\n%s", md)
 	}
