@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,17 +47,23 @@ var snapshotTypes = []struct {
 
 // Server is the ADS server.
 type Server struct {
-	log     *slog.Logger
-	snaps   cachev3.SnapshotCache
-	eds     []*cachev3.LinearCache
-	cache   cachev3.Cache
-	ads     serverv3.Server
-	hash    *nodeHash
-	tracker *Tracker
+	log    *slog.Logger
+	snaps  cachev3.SnapshotCache
+	eds    []*cachev3.LinearCache
+	cache  cachev3.Cache
+	prefix string
+	cl     cacheLogger
+
+	gcMu        sync.RWMutex
+	groupCaches map[string]*cachev3.LinearCache // type URL + " " + group
+	ads         serverv3.Server
+	hash        *nodeHash
+	tracker     *Tracker
 
 	mu       sync.Mutex
 	out      *translate.Output
-	versions map[string][4]string // group -> LDS, RDS, CDS, EDS version
+	versions map[string][4]string         // HDS group: LDS, RDS, CDS, EDS version
+	resHash  map[string]map[string]string // group cache key -> resource name -> hash
 	edsHash  map[string]string
 }
 
@@ -72,20 +79,14 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 	// reconnecting clients get everything again.
 	// EDS is sharded by node: a linear cache answers its watches in one
 	// serial loop, so shards let an endpoint change fan out on every core.
-	caches := map[string]cachev3.Cache{"snap": s.snaps}
-	prefix := "eds-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
-	for i := range min(max(runtime.GOMAXPROCS(0), 1), 16) {
-		lc := cachev3.NewLinearCache(resourcev3.EndpointType, cachev3.WithVersionPrefix(prefix), cachev3.WithLogger(cl))
-		s.eds = append(s.eds, lc)
-		caches["eds-"+strconv.Itoa(i)] = lc
+	s.prefix = "v-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
+	for range min(max(runtime.GOMAXPROCS(0), 1), 16) {
+		s.eds = append(s.eds, cachev3.NewLinearCache(resourcev3.EndpointType, cachev3.WithVersionPrefix(s.prefix), cachev3.WithLogger(cl)))
 	}
-	s.cache = &cachev3.MuxCache{
-		Classify: func(r *cachev3.Request) string { return s.classify(r.GetTypeUrl(), r.GetNode()) },
-		ClassifyDelta: func(r *cachev3.DeltaRequest) string {
-			return s.classify(r.GetTypeUrl(), r.GetNode())
-		},
-		Caches: caches,
-	}
+	s.groupCaches = map[string]*cachev3.LinearCache{}
+	s.resHash = map[string]map[string]string{}
+	s.cl = cl
+	s.cache = router{s}
 	s.tracker = newTracker(log, reg, s.hash)
 	// Legacy wildcard stays on for LDS/CDS (Envoy asks for them with an
 	// empty list) and is off for RDS/EDS, where gRPC's empty list means
@@ -95,17 +96,83 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 	return s
 }
 
-// classify: EDS comes from the shared linear cache, whose SotW responses
-// carry only changed CLAs (as the xDS spec allows for EDS). HDS replicas read
-// every SotW EDS response as the full set, so they get EDS from their group
-// snapshot instead: full state, re-sent whole on change (a handful of nodes).
-func (s *Server) classify(typeURL string, n *corev3.Node) string {
-	if typeURL == resourcev3.EndpointType && s.hash.ID(n) != translate.GroupHDS {
+// router picks the cache for a request. Most nodes are served from linear
+// caches that encode each resource once and share the bytes across streams:
+// one per (type, group) for LDS/RDS/CDS, and sharded shared ones for EDS,
+// whose SotW responses carry only changed CLAs (as the xDS spec allows).
+// HDS replicas read every SotW EDS response as the full set, so the HDS group
+// is served from a snapshot: full state, re-sent whole on change (a handful
+// of nodes).
+type router struct{ s *Server }
+
+func (r router) pick(typeURL string, n *corev3.Node) cachev3.Cache {
+	group := r.s.hash.ID(n)
+	switch {
+	case group == translate.GroupHDS:
+		return r.s.snaps
+	case typeURL == resourcev3.EndpointType:
 		h := fnv.New32a()
 		h.Write([]byte(n.GetId()))
-		return "eds-" + strconv.Itoa(int(h.Sum32()%uint32(len(s.eds))))
+		return r.s.eds[h.Sum32()%uint32(len(r.s.eds))]
+	case typeURL == resourcev3.ListenerType || typeURL == resourcev3.RouteType || typeURL == resourcev3.ClusterType:
+		return r.s.groupCache(typeURL, group)
+	default:
+		return r.s.snaps // nothing else is served: the watch parks
 	}
-	return "snap"
+}
+
+func (r router) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	return r.pick(req.GetTypeUrl(), req.GetNode()).CreateWatch(req, sub, ch)
+}
+
+func (r router) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+	return r.pick(req.GetTypeUrl(), req.GetNode()).CreateDeltaWatch(req, sub, ch)
+}
+
+func (r router) Fetch(ctx context.Context, req *cachev3.Request) (cachev3.Response, error) {
+	return r.pick(req.GetTypeUrl(), req.GetNode()).Fetch(ctx, req)
+}
+
+// groupCache returns (creating on first use) the linear cache of one type
+// for one group.
+func (s *Server) groupCache(typeURL, group string) *cachev3.LinearCache {
+	key := typeURL + " " + group
+	s.gcMu.RLock()
+	lc, ok := s.groupCaches[key]
+	s.gcMu.RUnlock()
+	if ok {
+		return lc
+	}
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	if lc, ok = s.groupCaches[key]; !ok {
+		lc = cachev3.NewLinearCache(typeURL, cachev3.WithVersionPrefix(s.prefix), cachev3.WithLogger(s.cl))
+		s.groupCaches[key] = lc
+	}
+	return lc
+}
+
+// diff compares resources with the hashes last applied.
+func diff(prev map[string]string, rs []types.Resource) (next map[string]string, toUpdate map[string]types.Resource, toDelete []string, err error) {
+	next = make(map[string]string, len(rs))
+	toUpdate = map[string]types.Resource{}
+	for _, r := range rs {
+		h, err := resourceHash(r)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		n := cachev3.GetResourceName(r)
+		next[n] = h
+		if prev[n] != h {
+			toUpdate[n] = r
+		}
+	}
+	for n := range prev {
+		if _, ok := next[n]; !ok {
+			toDelete = append(toDelete, n)
+		}
+	}
+	return next, toUpdate, toDelete, nil
 }
 
 // Register exposes ADS (SotW and delta) on g.
@@ -139,23 +206,13 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 		}
 	}
 	// EDS first, so a new cluster's endpoints are there when CDS names it.
-	toUpdate := map[string]types.Resource{}
-	newHash := make(map[string]string, len(out.Endpoints))
-	for name, cla := range out.Endpoints {
-		h, err := resourceHash(cla)
-		if err != nil {
-			return fmt.Errorf("endpoints %s: %w", name, err)
-		}
-		newHash[name] = h
-		if s.edsHash[name] != h {
-			toUpdate[name] = cla
-		}
+	cla := make([]types.Resource, 0, len(out.Endpoints))
+	for _, c := range out.Endpoints {
+		cla = append(cla, c)
 	}
-	var toDelete []string
-	for name := range s.edsHash {
-		if _, ok := newHash[name]; !ok {
-			toDelete = append(toDelete, name)
-		}
+	newHash, toUpdate, toDelete, err := diff(s.edsHash, cla)
+	if err != nil {
+		return fmt.Errorf("endpoints: %w", err)
 	}
 	if len(toUpdate) > 0 || len(toDelete) > 0 {
 		s.tracker.markChange(resourcev3.EndpointType, now)
@@ -174,8 +231,8 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 
 	s.hash.proxies.Store(&proxies)
 	groups := maps.Clone(out.Groups)
-	for g := range s.versions {
-		if _, ok := groups[g]; !ok {
+	for key := range s.resHash {
+		if g := key[strings.IndexByte(key, ' ')+1:]; groups[g] == nil {
 			groups[g] = &translate.Group{} // removed proxy: serve nothing
 		}
 	}
@@ -186,6 +243,25 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 	sort.Strings(names)
 	for _, name := range names {
 		g := groups[name]
+		if name != translate.GroupHDS {
+			for i, t := range snapshotTypes[:3] {
+				rs := [][]types.Resource{g.Listeners, g.Routes, g.Clusters}[i]
+				key := t.url + " " + name
+				next, upd, del, err := diff(s.resHash[key], rs)
+				if err != nil {
+					return fmt.Errorf("group %s: %w", name, err)
+				}
+				if len(upd) > 0 || len(del) > 0 {
+					s.tracker.markChange(t.url, now)
+					if err := s.groupCache(t.url, name).UpdateResources(upd, del); err != nil {
+						return fmt.Errorf("group %s: %w", name, err)
+					}
+					s.tracker.pushes(t.url, len(upd)+len(del))
+				}
+				s.resHash[key] = next
+			}
+			continue
+		}
 		snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
 		var eds []types.Resource
 		if name == translate.GroupHDS {
