@@ -66,6 +66,12 @@ func (f *fakeRLS) ShouldRateLimit(ctx context.Context, r *rlsv3.RateLimitRequest
 	return resp, nil
 }
 
+func (f *fakeRLS) calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.reqs)
+}
+
 func startFakeRLS(t *testing.T, limit int) (*fakeRLS, string, func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -118,7 +124,7 @@ func TestFilterDecisions(t *testing.T) {
 	if d := flt.Check(ctx, newReq(""), route); d.Outcome != NotApplied || d.Deny {
 		t.Fatalf("no header: %+v", d)
 	}
-	if len(f.reqs) != 0 {
+	if f.calls() != 0 {
 		t.Fatal("RLS called without descriptors")
 	}
 	for i := range 3 {

@@ -7,9 +7,6 @@ import (
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
 )
 
 // Handler wraps next: each request is checked with the route that
@@ -59,25 +56,17 @@ func WriteDenied(w http.ResponseWriter, d Decision) {
 
 // Dial opens the one gRPC connection a proxy shares for an RLS cluster:
 // round robin over addrs (host:port), one HTTP/2 connection each, all
-// requests multiplexed. UpdateAddrs-style changes come from redialing.
+// requests multiplexed. Factory does the same and follows EDS changes.
 func Dial(addrs []string, opts ...grpc.DialOption) (*grpc.ClientConn, rlsv3.RateLimitServiceClient, error) {
-	r := manual.NewBuilderWithScheme("sidemesh-rls")
-	st := resolver.State{}
+	var clean []string
 	for _, a := range addrs {
 		if a = strings.TrimSpace(a); a != "" {
-			st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+			clean = append(clean, a)
 		}
 	}
-	r.InitialState(st)
-	all := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithResolvers(r),
-		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
-	}, opts...)
-	conn, err := grpc.NewClient(r.Scheme()+":///rls", all...)
+	_, conn, err := dialRLS("rls", clean, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
-	conn.Connect()
 	return conn, rlsv3.NewRateLimitServiceClient(conn), nil
 }

@@ -1,0 +1,212 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// TypeURL is the filter's typed_config type.
+const TypeURL = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit"
+
+const perRouteTypeURL = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute"
+
+// RouteOf returns the resolved route of a request (the proxy core's
+// RouteFromContext); ok=false when the request has none.
+type RouteOf func(r *http.Request) (vh *routev3.VirtualHost, rt *routev3.Route, cluster string, ok bool)
+
+// FactoryOptions connect the filter to the proxy core.
+type FactoryOptions struct {
+	// Ctx ends the RLS endpoint watchers and closes the connections.
+	Ctx context.Context
+	// Endpoints lists a cluster's endpoints (host:port) as the core knows
+	// them from EDS; polled every PollInterval (default 1 s).
+	Endpoints    func(cluster string) []string
+	PollInterval time.Duration
+	RouteOf      RouteOf
+	LocalCluster string
+	Registerer   prometheus.Registerer
+	Log          *slog.Logger
+}
+
+// Factory builds filters from typed_config and shares one RLS connection
+// per RLS cluster among them.
+type Factory struct {
+	o     FactoryOptions
+	mu    sync.Mutex
+	conns map[string]rlsv3.RateLimitServiceClient
+	// routes caches each route's compiled policies, keyed by the route
+	// proto (immutable within a config version).
+	routes sync.Map // *routev3.Route → *routeEntry
+}
+
+type routeEntry struct {
+	info RouteInfo
+	err  error
+}
+
+// NewFactory returns a factory; Build has the proxy core's FilterFactory shape.
+func NewFactory(o FactoryOptions) *Factory {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = time.Second
+	}
+	if o.Ctx == nil {
+		o.Ctx = context.Background()
+	}
+	return &Factory{o: o, conns: map[string]rlsv3.RateLimitServiceClient{}}
+}
+
+// Build turns one envoy.filters.http.ratelimit typed_config into a handler wrapper.
+func (fa *Factory) Build(name string, tc *anypb.Any) (func(http.Handler) http.Handler, error) {
+	var cfg ratelimitv3.RateLimit
+	if err := tc.UnmarshalTo(&cfg); err != nil {
+		return nil, fmt.Errorf("http filter %s: %w", name, err)
+	}
+	cluster := RLSCluster(&cfg)
+	if cluster == "" {
+		return nil, fmt.Errorf("http filter %s: rate_limit_service.grpc_service.envoy_grpc.cluster_name is required", name)
+	}
+	client, err := fa.client(cluster)
+	if err != nil {
+		return nil, fmt.Errorf("http filter %s: %w", name, err)
+	}
+	f, err := New(&cfg, client, Options{LocalCluster: fa.o.LocalCluster, Registerer: fa.o.Registerer, Log: fa.o.Log})
+	if err != nil {
+		return nil, fmt.Errorf("http filter %s: %w", name, err)
+	}
+	return func(next http.Handler) http.Handler {
+		return f.Handler(next, func(r *http.Request) RouteInfo { return fa.routeInfo(name, r) })
+	}, nil
+}
+
+func (fa *Factory) routeInfo(name string, r *http.Request) RouteInfo {
+	if fa.o.RouteOf == nil {
+		return RouteInfo{}
+	}
+	vh, rt, cluster, ok := fa.o.RouteOf(r)
+	if !ok || rt == nil {
+		return RouteInfo{}
+	}
+	e, found := fa.routes.Load(rt)
+	if !found {
+		e, _ = fa.routes.LoadOrStore(rt, fa.compileRoute(name, vh, rt))
+	}
+	ent := e.(*routeEntry)
+	if ent.err != nil {
+		return RouteInfo{}
+	}
+	ri := ent.info
+	ri.DestinationCluster = cluster
+	return ri
+}
+
+func (fa *Factory) compileRoute(name string, vh *routev3.VirtualHost, rt *routev3.Route) *routeEntry {
+	ent := &routeEntry{}
+	var err error
+	ent.info.Route, err = Compile(rt.GetRoute().GetRateLimits())
+	if err == nil {
+		ent.info.VirtualHost, err = Compile(vh.GetRateLimits())
+	}
+	ent.info.IncludeVH = rt.GetRoute().GetIncludeVhRateLimits().GetValue()
+	if pr := rt.GetTypedPerFilterConfig()[name]; err == nil && pr != nil && pr.GetTypeUrl() == perRouteTypeURL {
+		var p ratelimitv3.RateLimitPerRoute
+		if err = pr.UnmarshalTo(&p); err == nil {
+			ent.info, err = ent.info.WithPerRoute(&p)
+		}
+	}
+	if err != nil {
+		ent.err = err
+		fa.o.Log.Warn("rate limits of route ignored", "route", rt.GetName(), "err", err)
+	}
+	return ent
+}
+
+// client returns the shared RLS client of cluster, dialing it once and
+// keeping its addresses in step with Endpoints.
+func (fa *Factory) client(cluster string) (rlsv3.RateLimitServiceClient, error) {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if c, ok := fa.conns[cluster]; ok {
+		return c, nil
+	}
+	var addrs []string
+	if fa.o.Endpoints != nil {
+		addrs = fa.o.Endpoints(cluster)
+		slices.Sort(addrs)
+	}
+	r, conn, err := dialRLS(cluster, addrs)
+	if err != nil {
+		return nil, err
+	}
+	go fa.watch(cluster, r, conn, addrs)
+	c := rlsv3.NewRateLimitServiceClient(conn)
+	fa.conns[cluster] = c
+	return c, nil
+}
+
+func (fa *Factory) watch(cluster string, r *manual.Resolver, conn *grpc.ClientConn, last []string) {
+	defer conn.Close()
+	t := time.NewTicker(fa.o.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-fa.o.Ctx.Done():
+			return
+		case <-t.C:
+		}
+		if fa.o.Endpoints == nil {
+			continue
+		}
+		addrs := fa.o.Endpoints(cluster)
+		slices.Sort(addrs)
+		if slices.Equal(addrs, last) {
+			continue
+		}
+		last = addrs
+		fa.o.Log.Info("rls endpoints", "cluster", cluster, "addrs", addrs)
+		r.UpdateState(resolverState(addrs))
+	}
+}
+
+// dialRLS opens one client connection over addrs (round robin, one
+// HTTP/2 connection per address); the resolver takes later changes.
+func dialRLS(name string, addrs []string, opts ...grpc.DialOption) (*manual.Resolver, *grpc.ClientConn, error) {
+	r := manual.NewBuilderWithScheme("sidemesh-rls")
+	r.InitialState(resolverState(addrs))
+	all := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithResolvers(r),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
+	}, opts...)
+	conn, err := grpc.NewClient(r.Scheme()+":///"+name, all...)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn.Connect()
+	return r, conn, nil
+}
+
+func resolverState(addrs []string) resolver.State {
+	st := resolver.State{}
+	for _, a := range addrs {
+		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+	}
+	return st
+}
