@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -48,7 +49,7 @@ type FactoryOptions struct {
 type Factory struct {
 	o     FactoryOptions
 	mu    sync.Mutex
-	conns map[string]rlsv3.RateLimitServiceClient
+	conns map[string]*rlsConn
 	// routes caches each route's compiled policies, keyed by the route
 	// proto (immutable within a config version).
 	routes sync.Map // *routev3.Route → *routeEntry
@@ -70,7 +71,7 @@ func NewFactory(o FactoryOptions) *Factory {
 	if o.Ctx == nil {
 		o.Ctx = context.Background()
 	}
-	return &Factory{o: o, conns: map[string]rlsv3.RateLimitServiceClient{}}
+	return &Factory{o: o, conns: map[string]*rlsConn{}}
 }
 
 // Build turns one envoy.filters.http.ratelimit typed_config into a handler wrapper.
@@ -140,48 +141,71 @@ func (fa *Factory) compileRoute(name string, vh *routev3.VirtualHost, rt *routev
 
 // client returns the shared RLS client of cluster, dialing it once and
 // keeping its addresses in step with Endpoints.
-func (fa *Factory) client(cluster string) (rlsv3.RateLimitServiceClient, error) {
+func (fa *Factory) client(cluster string) (RLSClient, error) {
 	fa.mu.Lock()
 	defer fa.mu.Unlock()
 	if c, ok := fa.conns[cluster]; ok {
 		return c, nil
 	}
-	var addrs []string
-	if fa.o.Endpoints != nil {
-		addrs = fa.o.Endpoints(cluster)
-		slices.Sort(addrs)
-	}
-	r, conn, err := dialRLS(cluster, addrs)
+	r, conn, err := dialRLS(cluster, nil)
 	if err != nil {
 		return nil, err
 	}
-	go fa.watch(cluster, r, conn, addrs)
-	c := rlsv3.NewRateLimitServiceClient(conn)
+	c := &rlsConn{fa: fa, cluster: cluster, r: r, RateLimitServiceClient: rlsv3.NewRateLimitServiceClient(conn)}
+	c.refresh()
+	go c.watch(conn)
 	fa.conns[cluster] = c
 	return c, nil
 }
 
-func (fa *Factory) watch(cluster string, r *manual.Resolver, conn *grpc.ClientConn, last []string) {
+// rlsConn is one RLS cluster's shared connection.
+type rlsConn struct {
+	rlsv3.RateLimitServiceClient
+	fa      *Factory
+	cluster string
+	r       *manual.Resolver
+	mu      sync.Mutex
+	last    []string
+	empty   atomic.Bool
+}
+
+// ShouldRateLimit refreshes the endpoints first while none are known: the
+// RLS cluster usually arrives in the same config push as the filter.
+func (c *rlsConn) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRequest, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {
+	if c.empty.Load() {
+		c.refresh()
+	}
+	return c.RateLimitServiceClient.ShouldRateLimit(ctx, in, opts...)
+}
+
+func (c *rlsConn) refresh() {
+	var addrs []string
+	if c.fa.o.Endpoints != nil {
+		addrs = c.fa.o.Endpoints(c.cluster)
+	}
+	slices.Sort(addrs)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.empty.Store(len(addrs) == 0)
+	if c.last != nil && slices.Equal(addrs, c.last) {
+		return
+	}
+	c.last = append([]string{}, addrs...)
+	c.fa.o.Log.Info("rls endpoints", "cluster", c.cluster, "addrs", addrs)
+	c.r.UpdateState(resolverState(addrs))
+}
+
+func (c *rlsConn) watch(conn *grpc.ClientConn) {
 	defer conn.Close()
-	t := time.NewTicker(fa.o.PollInterval)
+	t := time.NewTicker(c.fa.o.PollInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-fa.o.Ctx.Done():
+		case <-c.fa.o.Ctx.Done():
 			return
 		case <-t.C:
+			c.refresh()
 		}
-		if fa.o.Endpoints == nil {
-			continue
-		}
-		addrs := fa.o.Endpoints(cluster)
-		slices.Sort(addrs)
-		if slices.Equal(addrs, last) {
-			continue
-		}
-		last = addrs
-		fa.o.Log.Info("rls endpoints", "cluster", cluster, "addrs", addrs)
-		r.UpdateState(resolverState(addrs))
 	}
 }
 
