@@ -86,3 +86,30 @@ func BenchmarkCheckRealRLS(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkProxyCore: the proxy core in-process with and without the
+// filter (two listeners, same routes), a real bin/rls + Redis, limit never
+// reached, 64 concurrent keep-alive clients. Reports req/s and p50/p99 of
+// the whole request through the proxy.
+//
+//	go test -run '^$' -bench ProxyCore -benchtime 20000x ./proxy/ratelimit
+func BenchmarkProxyCore(b *testing.B) {
+	bin := testbin.Build(b, "./services/rls/cmd/rls")
+	redis := redistest.Start(b)
+	dir := b.TempDir()
+	rules := "domain: sidemesh\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 100000000}\n"
+	if err := os.WriteFile(filepath.Join(dir, "sidemesh.yaml"), []byte(rules), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	rlsAddr := startRLSProcB(b, bin, dir, redis.URL())
+	plain, limited := startProxyPair(b, rlsAddr)
+	for _, tc := range []struct{ name, url string }{{"filter=off", plain}, {"filter=on", limited}} {
+		b.Run(tc.name, func(b *testing.B) {
+			lat := loadHTTP(b, tc.url, 64)
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50_us")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99_us")
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+		})
+	}
+}
