@@ -29,7 +29,7 @@ func BenchmarkCheckRealRLS(b *testing.B) {
 	if err := os.WriteFile(filepath.Join(dir, "sidemesh.yaml"), []byte(rules), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	p := startRLSProcB(b, bin, dir, redis.URL())
+	p, _ := startRLSProcB(b, bin, dir, redis.URL())
 	conn, client, err := Dial([]string{p})
 	if err != nil {
 		b.Fatal(err)
@@ -101,11 +101,13 @@ func BenchmarkProxyCore(b *testing.B) {
 	if err := os.WriteFile(filepath.Join(dir, "sidemesh.yaml"), []byte(rules), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	rlsAddr := startRLSProcB(b, bin, dir, redis.URL())
+	rlsAddr, rlsPID := startRLSProcB(b, bin, dir, redis.URL())
 	plain, limited := startProxyPair(b, rlsAddr)
 	for _, tc := range []struct{ name, url string }{{"filter=off", plain}, {"filter=on", limited}} {
 		b.Run(tc.name, func(b *testing.B) {
+			cpu0 := cpuTime(rlsPID)
 			lat := loadHTTP(b, tc.url, 64)
+			b.ReportMetric(float64((cpuTime(rlsPID)-cpu0).Microseconds())/float64(b.N), "rls_cpu_us/req")
 			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50_us")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99_us")

@@ -54,9 +54,24 @@ func freeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-// startRLSProcB starts an rls process for a benchmark; it returns the gRPC address.
-func startRLSProcB(b *testing.B, bin, rules, redisURL string) string {
-	return startRLSProc(b, bin, rules, redisURL).grpc
+// startRLSProcB starts an rls process for a benchmark; it returns the gRPC
+// address and the process id.
+func startRLSProcB(b *testing.B, bin, rules, redisURL string) (string, int) {
+	p := startRLSProc(b, bin, rules, redisURL)
+	return p.grpc, p.cmd.Process.Pid
+}
+
+// cpuTime is a process's user+system CPU time from /proc (Linux, 100 Hz ticks).
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func startRLSProc(t testing.TB, bin, rules, redisURL string) *rlsProc {
