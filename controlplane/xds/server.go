@@ -1,7 +1,8 @@
 // Package xds serves translated resources over ADS (state of the world and
-// delta on one registration). LDS/RDS/CDS come from per-group snapshots with
-// per-type versions; EDS comes from one shared linear cache, so an endpoint
-// change pushes only the changed ClusterLoadAssignments, encoded once.
+// delta on one registration). LDS/RDS/CDS come from one linear cache per
+// node group and type, EDS from shared (sharded) linear caches: a change
+// pushes only the changed resources, each encoded once per cache. The HDS
+// group alone is served from a full-state snapshot (see router).
 package xds
 
 import (
