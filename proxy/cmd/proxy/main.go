@@ -20,6 +20,7 @@ import (
 	"github.com/sidemesh/sidemesh/internal/app"
 	"github.com/sidemesh/sidemesh/internal/lifecycle"
 	"github.com/sidemesh/sidemesh/proxy/bootstrap"
+	"github.com/sidemesh/sidemesh/proxy/hdsclient"
 	"github.com/sidemesh/sidemesh/proxy/hotrestart"
 	"github.com/sidemesh/sidemesh/proxy/server"
 	"github.com/sidemesh/sidemesh/proxy/stats"
@@ -187,6 +188,15 @@ func run(ctx context.Context, env *app.Env) error {
 			}
 			return hs.Serve(hctx)
 		}))
+	}
+	if addr := get("hds-addr"); addr != "" {
+		// Issue 7: run the health checks HDS delegates to this proxy.
+		hc, err := hdsclient.New(hdsclient.Config{Addr: addr, Node: bc.Node, Log: env.Log.With("component", "hds"), Registerer: adm.Registry()})
+		if err != nil {
+			return fmt.Errorf("hds client: %w", err)
+		}
+		adm.Handle("GET /hds", hc)
+		units = append(units, lifecycle.Func("hds", hc.Run))
 	}
 	return env.Serve(units...)
 }
