@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
@@ -18,7 +19,11 @@ const TypeURL = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTP
 type Factory struct {
 	RouteOf  func(r *http.Request) (*routev3.Route, string)
 	perRoute sync.Map // *routev3.Route → *Filter (nil: no override)
+	n        atomic.Int64
 }
+
+// maxCachedRoutes bounds the per-route cache across config versions.
+const maxCachedRoutes = 10000
 
 // Build has the proxy core's FilterFactory shape. A route's
 // typed_per_filter_config[name] HTTPFault replaces the filter's config.
@@ -52,6 +57,10 @@ func (fa *Factory) override(name string, rt *routev3.Route) *Filter {
 	}
 	if v, ok := fa.perRoute.Load(rt); ok {
 		return v.(*Filter)
+	}
+	if fa.n.Add(1) > maxCachedRoutes {
+		fa.perRoute.Clear()
+		fa.n.Store(1)
 	}
 	var f *Filter
 	var cfg faultv3.HTTPFault

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	localv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
@@ -18,7 +19,12 @@ const TypeURL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelim
 type Factory struct {
 	RouteOf  func(r *http.Request) *routev3.Route
 	perRoute sync.Map // *routev3.Route → *Filter: each route config has its own bucket
+	n        atomic.Int64
 }
+
+// maxCachedRoutes bounds the per-route cache across config versions (a
+// dropped route's bucket starts full again, as after an Envoy update).
+const maxCachedRoutes = 10000
 
 // Build has the proxy core's FilterFactory shape. The listener-level
 // config applies unless the route's typed_per_filter_config[name] has a
@@ -50,6 +56,10 @@ func (fa *Factory) Build(name string, tc *anypb.Any) (func(http.Handler) http.Ha
 func (fa *Factory) override(name string, rt *routev3.Route) *Filter {
 	if v, ok := fa.perRoute.Load(rt); ok {
 		return v.(*Filter)
+	}
+	if fa.n.Add(1) > maxCachedRoutes {
+		fa.perRoute.Clear()
+		fa.n.Store(1)
 	}
 	var f *Filter
 	var cfg localv3.LocalRateLimit

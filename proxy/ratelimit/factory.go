@@ -52,8 +52,13 @@ type Factory struct {
 	conns map[string]*rlsConn
 	// routes caches each route's compiled policies, keyed by the route
 	// proto (immutable within a config version).
-	routes sync.Map // *routev3.Route → *routeEntry
+	routes  sync.Map // *routev3.Route → *routeEntry
+	nRoutes atomic.Int64
 }
+
+// maxCachedRoutes bounds the route cache: route protos of old config
+// versions are never looked up again, so a full cache is simply dropped.
+const maxCachedRoutes = 10000
 
 type routeEntry struct {
 	info RouteInfo
@@ -107,6 +112,10 @@ func (fa *Factory) routeInfo(name string, r *http.Request) RouteInfo {
 	}
 	e, found := fa.routes.Load(rt)
 	if !found {
+		if fa.nRoutes.Add(1) > maxCachedRoutes {
+			fa.routes.Clear()
+			fa.nRoutes.Store(1)
+		}
 		e, _ = fa.routes.LoadOrStore(rt, fa.compileRoute(name, vh, rt))
 	}
 	ent := e.(*routeEntry)
