@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // Proc is one process of the mesh.
@@ -101,10 +102,17 @@ func Plan(o Options) []Proc {
 		ps = append(ps, Proc{
 			Name: px.node, Kind: "proxy",
 			Args: []string{"--node-id", px.node, "--cluster", px.cluster, "--zone", px.zone, "--role", px.role,
-				"--xds-addr", xds, "--hds-addr", o.addr(hdsGRPC[px.hds]), "--admin-addr", o.addr(px.admin)},
+				"--xds-addr", xds, "--hds-addr", rotate(hdsAddrs, px.hds), "--admin-addr", o.addr(px.admin)},
 			Admin: o.addr(px.admin), Ports: px.ports + "  admin " + o.addr(px.admin),
 			Needs: []string{"--node-id", "--role", "--xds-addr", "--hds-addr"},
 		})
 	}
 	return ps
+}
+
+// rotate lists every HDS replica, starting with the proxy's own, so the
+// proxy's HDS client fails over to the others when that one dies.
+func rotate(list string, first int) string {
+	parts := strings.Split(list, ",")
+	return strings.Join(append(parts[first:], parts[:first]...), ",")
 }

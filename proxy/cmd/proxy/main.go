@@ -14,14 +14,18 @@ import (
 	"syscall"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 
 	"github.com/sidemesh/sidemesh/internal/app"
 	"github.com/sidemesh/sidemesh/internal/lifecycle"
 	"github.com/sidemesh/sidemesh/proxy/bootstrap"
+	"github.com/sidemesh/sidemesh/proxy/fault"
 	"github.com/sidemesh/sidemesh/proxy/hdsclient"
 	"github.com/sidemesh/sidemesh/proxy/hotrestart"
+	"github.com/sidemesh/sidemesh/proxy/localratelimit"
+	"github.com/sidemesh/sidemesh/proxy/ratelimit"
 	"github.com/sidemesh/sidemesh/proxy/server"
 	"github.com/sidemesh/sidemesh/proxy/stats"
 	"github.com/sidemesh/sidemesh/proxy/xds"
@@ -103,7 +107,31 @@ func run(ctx context.Context, env *app.Env) error {
 	}
 
 	m := stats.New(env.Admin.Registry())
-	px := server.New(server.Options{Log: env.Log, Metrics: m, DrainTimeout: env.DrainTimeout(), AccessLog: accessLog, Inherited: inherited})
+	routeOf := func(r *http.Request) (*routev3.VirtualHost, *routev3.Route, string, bool) {
+		ri := server.RouteFromContext(r.Context())
+		if ri == nil {
+			return nil, nil, "", false
+		}
+		return ri.VirtualHost, ri.Route, ri.Cluster, true
+	}
+	var px *server.Proxy
+	rlf := ratelimit.NewFactory(ratelimit.FactoryOptions{Ctx: ctx, RouteOf: routeOf, LocalCluster: bc.Node.GetCluster(),
+		Registerer: env.Admin.Registry(), Log: env.Log,
+		Endpoints: func(cluster string) []string {
+			var out []string
+			if s := px.Snapshot(); s != nil {
+				if c := s.Clusters[cluster]; c != nil && c.Hosts() != nil {
+					for _, h := range c.Hosts().All {
+						out = append(out, h.Addr)
+					}
+				}
+			}
+			return out
+		}})
+	ff := &fault.Factory{RouteOf: func(r *http.Request) (*routev3.Route, string) { _, rt, c, _ := routeOf(r); return rt, c }}
+	lf := &localratelimit.Factory{RouteOf: func(r *http.Request) *routev3.Route { _, rt, _, _ := routeOf(r); return rt }}
+	filters := map[string]server.FilterFactory{ratelimit.TypeURL: rlf.Build, fault.TypeURL: ff.Build, localratelimit.TypeURL: lf.Build}
+	px = server.New(server.Options{Filters: filters, Log: env.Log, Metrics: m, DrainTimeout: env.DrainTimeout(), AccessLog: accessLog, Inherited: inherited})
 	xc := xds.New(xds.Config{Addr: bc.XDSAddr, Node: bc.Node, SotW: bc.SotW, Log: env.Log,
 		OnResult: func(typ string, err error) {
 			if err != nil {
