@@ -19,6 +19,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sidemesh/sidemesh/controlplane/k8ssource"
 	"github.com/sidemesh/sidemesh/controlplane/model"
 	"github.com/sidemesh/sidemesh/controlplane/translate"
 )
@@ -35,12 +36,15 @@ type Controller struct {
 	log      *slog.Logger
 	apply    Applier
 
-	mu       sync.Mutex
-	mesh     *model.Mesh
-	health   translate.Health
-	status   Status
-	reloads  *prometheus.CounterVec
-	lastGood prometheus.Gauge
+	mu     sync.Mutex
+	mesh   *model.Mesh
+	health translate.Health
+	// discovered are Kubernetes endpoints (nil when discovery is off); they
+	// replace the endpoints of same-named model services at translation.
+	discovered k8ssource.Snapshot
+	status     Status
+	reloads    *prometheus.CounterVec
+	lastGood   prometheus.Gauge
 }
 
 // Status is what /model shows.
@@ -94,7 +98,11 @@ func (c *Controller) Load(ctx context.Context) error {
 
 // serve translates and applies; c.mu is held.
 func (c *Controller) serve(ctx context.Context, m *model.Mesh, h translate.Health) error {
-	out, err := translate.Build(m, h)
+	merged := m
+	if c.discovered != nil {
+		merged = k8ssource.Merge(m, c.discovered)
+	}
+	out, err := translate.Build(merged, h)
 	if err != nil {
 		return fmt.Errorf("translate: %w", err)
 	}
@@ -122,6 +130,23 @@ func (c *Controller) SetHealth(ctx context.Context, h translate.Health) {
 	}
 	if err := c.serve(ctx, c.mesh, h); err != nil {
 		c.log.Error("applying health feed", "err", err)
+	}
+}
+
+// SetDiscovered applies endpoints discovered on Kubernetes: the file model
+// keeps routes and policies; same-named services take these endpoints.
+func (c *Controller) SetDiscovered(ctx context.Context, snap k8ssource.Snapshot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if snap == nil {
+		snap = k8ssource.Snapshot{}
+	}
+	c.discovered = snap
+	if c.mesh == nil {
+		return
+	}
+	if err := c.serve(ctx, c.mesh, c.health); err != nil {
+		c.log.Error("applying kubernetes endpoints", "err", err)
 	}
 }
 

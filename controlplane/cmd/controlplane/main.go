@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/signal"
@@ -16,10 +17,14 @@ import (
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sidemesh/sidemesh/controlplane/bootstrap"
 	"github.com/sidemesh/sidemesh/controlplane/controller"
 	"github.com/sidemesh/sidemesh/controlplane/healthfeed"
+	"github.com/sidemesh/sidemesh/controlplane/k8ssource"
 	"github.com/sidemesh/sidemesh/controlplane/translate"
 	"github.com/sidemesh/sidemesh/controlplane/xds"
 	"github.com/sidemesh/sidemesh/internal/app"
@@ -48,6 +53,8 @@ func serveSpec() app.Spec {
 			fs.String("xds-addr", "127.0.0.1:18000", "ADS gRPC listen address")
 			fs.String("model", "", "mesh model: a YAML file or a directory of them (required)")
 			fs.StringSlice("hds-addr", nil, "HDS replicas serving the health feed, comma-separated; tried in turn")
+			fs.String("kubernetes-namespace", "", "discover endpoints from Services/EndpointSlices in this namespace (empty: off); routes stay in the model")
+			fs.String("kubeconfig", "", "kubeconfig for --kubernetes-namespace (empty: in-cluster service account)")
 			fs.Duration("reload-debounce", 200*time.Millisecond, "quiet time after a model file change before reloading")
 		},
 		Run: run,
@@ -86,6 +93,16 @@ func run(ctx context.Context, env *app.Env) error {
 	units := []lifecycle.Unit{
 		{Name: "xds", Serve: func() error { return g.Serve(ln) }, Shutdown: g.Shutdown},
 		lifecycle.Func("model-watch", ctl.Watch),
+	}
+	if ns, _ := env.Flags.GetString("kubernetes-namespace"); ns != "" {
+		kc, _ := env.Flags.GetString("kubeconfig")
+		client, err := kubeClient(kc)
+		if err != nil {
+			return app.Usagef("kubernetes-namespace %s: %v", ns, err)
+		}
+		src := k8ssource.New(client, ns, env.Log.With("component", "kubernetes"), debounce,
+			func(s k8ssource.Snapshot) { ctl.SetDiscovered(ctx, s) })
+		units = append(units, lifecycle.Func("kubernetes", src.Run))
 	}
 	var addrs []string
 	for _, a := range hdsAddrs {
@@ -141,4 +158,19 @@ func bootstrapSpec() app.Spec {
 			return err
 		},
 	}
+}
+
+// kubeClient connects with a kubeconfig file, or in-cluster when path is empty.
+func kubeClient(path string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if path == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	return kubernetes.NewForConfig(cfg)
 }
