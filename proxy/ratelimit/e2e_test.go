@@ -2,7 +2,6 @@ package ratelimit
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -13,31 +12,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sidemesh/sidemesh/internal/redistest"
+	"github.com/sidemesh/sidemesh/internal/syncbuf"
 	"github.com/sidemesh/sidemesh/internal/testbin"
 )
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 type rlsProc struct {
 	cmd         *exec.Cmd
@@ -77,7 +59,7 @@ func cpuTime(pid int) time.Duration {
 func startRLSProc(t testing.TB, bin, rules, redisURL string) *rlsProc {
 	t.Helper()
 	p := &rlsProc{grpc: freeAddr(t), admin: freeAddr(t), exited: make(chan struct{})}
-	stderr := &lockedBuf{}
+	stderr := &syncbuf.Buffer{}
 	p.cmd = exec.Command(bin, "--grpc-addr", p.grpc, "--admin-addr", p.admin, "--rules", rules, "--backend", "redis", "--redis-url", redisURL)
 	p.cmd.Stderr = stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

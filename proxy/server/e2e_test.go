@@ -20,6 +20,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"github.com/sidemesh/sidemesh/internal/syncbuf"
 	mt "github.com/sidemesh/sidemesh/proxy/internal/meshtest"
 	"github.com/sidemesh/sidemesh/proxy/server"
 	"github.com/sidemesh/sidemesh/proxy/stats"
@@ -326,7 +327,7 @@ func TestRemovedListenerDrains(t *testing.T) {
 func TestAccessLog(t *testing.T) {
 	a := mt.StartUpstream(t, "a")
 	port := mt.FreePort(t)
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	px := server.New(server.Options{Metrics: stats.New(nil), AccessLog: &buf, DrainTimeout: time.Second})
 	defer px.Shutdown(context.Background())
 	r := xds.NewResources()
@@ -351,21 +352,4 @@ func TestAccessLog(t *testing.T) {
 	if line["path"] != "/logged?x=1" || line["response_code"] != float64(200) || line["upstream_cluster"] != "svc" || line["upstream_host"] != a.Addr {
 		t.Fatalf("access log fields: %v", line)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sidemesh/sidemesh/internal/redistest"
+	"github.com/sidemesh/sidemesh/internal/syncbuf"
 	"github.com/sidemesh/sidemesh/internal/testbin"
 	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
 )
@@ -42,25 +42,8 @@ type proc struct {
 	grpc   string
 	admin  string
 	client rlsv3.RateLimitServiceClient
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 	exited chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func freeAddr(t *testing.T) string {
@@ -96,7 +79,7 @@ func httpGet(url string) (int, string) {
 
 func startRLS(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{grpc: freeAddr(t), admin: freeAddr(t), stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	p := &proc{grpc: freeAddr(t), admin: freeAddr(t), stderr: &syncbuf.Buffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(bin, append([]string{"--grpc-addr", p.grpc, "--admin-addr", p.admin, "--log-level", "debug"}, args...)...)
 	p.cmd.Stderr = p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
