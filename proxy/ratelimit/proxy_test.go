@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"strconv"
 	"testing"
 	"time"
@@ -38,22 +37,8 @@ func TestThroughProxyCore(t *testing.T) {
 
 	var px *server.Proxy
 	rlf := NewFactory(FactoryOptions{Ctx: ctx, LocalCluster: "ingress",
-		Endpoints: func(cluster string) []string {
-			var out []string
-			if c := px.Snapshot().Clusters[cluster]; c != nil && c.Hosts() != nil {
-				for _, h := range c.Hosts().All {
-					out = append(out, h.Addr)
-				}
-			}
-			return out
-		},
-		RouteOf: func(r *http.Request) (*routev3.VirtualHost, *routev3.Route, string, bool) {
-			ri := server.RouteFromContext(r.Context())
-			if ri == nil {
-				return nil, nil, "", false
-			}
-			return ri.VirtualHost, ri.Route, ri.Cluster, true
-		}})
+		Endpoints: func(cluster string) []string { return px.HostAddrs(cluster) },
+		RouteOf:   server.ResolvedRoute})
 	px = server.New(server.Options{Metrics: stats.New(nil), DrainTimeout: time.Second,
 		Filters: map[string]server.FilterFactory{TypeURL: rlf.Build}})
 	defer px.Shutdown(context.Background())

@@ -60,3 +60,31 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// ResolvedRoute is RouteFromContext in the shape filter factories consume:
+// the request's virtual host, route and cluster, and whether it has one.
+func ResolvedRoute(r *http.Request) (*routev3.VirtualHost, *routev3.Route, string, bool) {
+	ri := RouteFromContext(r.Context())
+	if ri == nil {
+		return nil, nil, "", false
+	}
+	return ri.VirtualHost, ri.Route, ri.Cluster, true
+}
+
+// HostAddrs lists the addresses of a cluster's hosts in the live config, or
+// nil when the cluster is unknown (e.g. the RLS cluster a filter dials).
+func (p *Proxy) HostAddrs(cluster string) []string {
+	s := p.Snapshot()
+	if s == nil {
+		return nil
+	}
+	c := s.Clusters[cluster]
+	if c == nil || c.Hosts() == nil {
+		return nil
+	}
+	var out []string
+	for _, h := range c.Hosts().All {
+		out = append(out, h.Addr)
+	}
+	return out
+}

@@ -107,27 +107,11 @@ func run(ctx context.Context, env *app.Env) error {
 	}
 
 	m := stats.New(env.Admin.Registry())
-	routeOf := func(r *http.Request) (*routev3.VirtualHost, *routev3.Route, string, bool) {
-		ri := server.RouteFromContext(r.Context())
-		if ri == nil {
-			return nil, nil, "", false
-		}
-		return ri.VirtualHost, ri.Route, ri.Cluster, true
-	}
+	routeOf := server.ResolvedRoute
 	var px *server.Proxy
 	rlf := ratelimit.NewFactory(ratelimit.FactoryOptions{Ctx: ctx, RouteOf: routeOf, LocalCluster: bc.Node.GetCluster(),
 		Registerer: env.Admin.Registry(), Log: env.Log,
-		Endpoints: func(cluster string) []string {
-			var out []string
-			if s := px.Snapshot(); s != nil {
-				if c := s.Clusters[cluster]; c != nil && c.Hosts() != nil {
-					for _, h := range c.Hosts().All {
-						out = append(out, h.Addr)
-					}
-				}
-			}
-			return out
-		}})
+		Endpoints: func(cluster string) []string { return px.HostAddrs(cluster) }})
 	ff := &fault.Factory{RouteOf: func(r *http.Request) (*routev3.Route, string) { _, rt, c, _ := routeOf(r); return rt, c }}
 	lf := &localratelimit.Factory{RouteOf: func(r *http.Request) *routev3.Route { _, rt, _, _ := routeOf(r); return rt }}
 	filters := map[string]server.FilterFactory{ratelimit.TypeURL: rlf.Build, fault.TypeURL: ff.Build, localratelimit.TypeURL: lf.Build}
