@@ -247,6 +247,11 @@ func (st *stream) applyCDS(resp *discoveryv3.DiscoveryResponse) error {
 	}
 	slices.Sort(all)
 	st.clusters, st.allEDS = next, slices.Compact(all)
+	for name := range st.cla {
+		if _, ok := slices.BinarySearch(st.allEDS, name); !ok {
+			delete(st.cla, name) // no cluster refers to it any more
+		}
+	}
 	st.cdsVer = resp.GetVersionInfo()
 	return nil
 }
@@ -269,8 +274,13 @@ func (st *stream) applyEDS(resp *discoveryv3.DiscoveryResponse) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	// SotW EDS: the response holds every requested assignment.
-	st.cla = next
+	// SotW EDS is not a wildcard type: a response may carry only the
+	// assignments that changed (the xDS spec allows it for EDS and RDS), so
+	// merge into what we hold. Assignments no longer subscribed are pruned
+	// by applyCDS.
+	for name, cla := range next {
+		st.cla[name] = cla
+	}
 	st.edsVer = resp.GetVersionInfo()
 	return nil
 }

@@ -2,6 +2,7 @@ package xdssource
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -163,4 +164,73 @@ func TestApplyCDSNacksBadChecks(t *testing.T) {
 func anyOf(c *clusterv3.Cluster) ([]*anypb.Any, error) {
 	a, err := anypb.New(c)
 	return []*anypb.Any{a}, err
+}
+
+// An xDS server may answer a SotW EDS subscription with only the
+// assignments that changed; the others must be kept, and an assignment
+// whose cluster is gone must be dropped.
+func TestPartialEDSResponsesMerge(t *testing.T) {
+	var last *catalog.Snapshot
+	st := newStream(&Source{}, slog.New(slog.DiscardHandler), func(s *catalog.Snapshot) { last = s })
+	clusters := func(ver string, cs ...*clusterv3.Cluster) *discoveryv3.DiscoveryResponse {
+		r := &discoveryv3.DiscoveryResponse{VersionInfo: ver}
+		for _, c := range cs {
+			a, err := anypb.New(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Resources = append(r.Resources, a)
+		}
+		return r
+	}
+	endpoints := func(ver string, cs ...*endpointv3.ClusterLoadAssignment) *discoveryv3.DiscoveryResponse {
+		r := &discoveryv3.DiscoveryResponse{VersionInfo: ver}
+		for _, c := range cs {
+			a, err := anypb.New(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Resources = append(r.Resources, a)
+		}
+		return r
+	}
+	endpointsOf := func(name string) int {
+		t.Helper()
+		st.publish()
+		c, ok := last.Cluster(name)
+		if !ok {
+			t.Fatalf("cluster %s missing from %+v", name, last)
+		}
+		return len(c.Endpoints)
+	}
+	if err := st.applyCDS(clusters("1", edsCluster("web", true), edsCluster("api", true))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.applyEDS(endpoints("1", cla("web", "z", "10.0.0.1", "10.0.0.2"), cla("api", "z", "10.0.1.1"))); err != nil {
+		t.Fatal(err)
+	}
+	if n := endpointsOf("api"); n != 1 {
+		t.Fatalf("api has %d endpoints, want 1", n)
+	}
+	// Only web changed: api's assignment must survive.
+	if err := st.applyEDS(endpoints("2", cla("web", "z", "10.0.0.1"))); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := endpointsOf("web"), endpointsOf("api"); n != 1 || m != 1 {
+		t.Fatalf("after a partial EDS response web has %d endpoints (want 1), api %d (want 1)", n, m)
+	}
+	// api's cluster goes away, then comes back before its endpoints are
+	// resent: the old assignment must not reappear.
+	if err := st.applyCDS(clusters("2", edsCluster("web", true))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.applyCDS(clusters("3", edsCluster("web", true), edsCluster("api", true))); err != nil {
+		t.Fatal(err)
+	}
+	if !st.missingEDS() {
+		t.Fatal("api's assignment was pruned with its cluster; the stream must wait for it again")
+	}
+	if n := endpointsOf("api"); n != 0 {
+		t.Fatalf("api kept %d stale endpoints after its cluster was removed", n)
+	}
 }
