@@ -176,6 +176,7 @@ func (p *proxy) stream(ctx context.Context) {
 	defer checkT.Stop()
 	defer reportT.Stop()
 	var cur spec
+	var reportEvery, checkEvery time.Duration
 	for {
 		select {
 		case <-ctx.Done():
@@ -187,8 +188,17 @@ func (p *proxy) stream(ctx context.Context) {
 			p.mu.Lock()
 			p.assigned, p.reported = sp.assigned, false
 			p.mu.Unlock()
-			checkT.Reset(sp.check)
-			reportT.Reset(sp.reportT)
+			// Like Envoy, re-arm the report timer only when the period
+			// changes (or on the first specifier); a new assignment alone
+			// must not delay the next report.
+			if sp.reportT != reportEvery {
+				reportEvery = sp.reportT
+				reportT.Reset(sp.reportT)
+			}
+			if sp.check != checkEvery {
+				checkEvery = sp.check
+				checkT.Reset(sp.check)
+			}
 		case <-checkT.C:
 			// One simulated probe per assigned endpoint per check interval.
 			p.f.probes.Add(int64(len(cur.assigned)))
