@@ -78,7 +78,7 @@ func run(args []string) int {
 	binDir := fs.String("bin-dir", filepath.Dir(self), "directory holding controlplane, hds, rls, proxy")
 	root := fs.String("root", ".", "repository root (example configs are read from here)")
 	noRedis := fs.Bool("no-redis", false, "do not start Redis; RLS replicas use the memory backend")
-	offset := fs.Int("port-offset", 0, "add this to every port (to run beside another mesh; keep ports below 32768, the ephemeral range)")
+	offset := fs.Int("port-offset", 0, "add this to every port, the model's listeners and endpoints included (to run beside another mesh; keep ports below 32768, the ephemeral range)")
 	quiet := fs.Bool("quiet", false, "do not tail logs (they are still written to --log-dir)")
 	logDir := fs.String("log-dir", ".meshrun/logs", "where each process's log is written")
 	exitAfterReady := fs.Bool("exit-after-ready", false, "stop everything once the table is printed (for tests)")
@@ -98,6 +98,18 @@ func run(args []string) int {
 	var out io.Writer = os.Stdout
 	m := &devmesh.Mesh{BinDir: *binDir, Self: self, LogDir: *logDir}
 	opts := devmesh.Options{Root: *root, Offset: *offset}
+	if *offset != 0 {
+		// The model names ports too (listeners, endpoints): shift a copy.
+		if err := os.MkdirAll(*logDir, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "meshrun: %v\n", err)
+			return 1
+		}
+		opts.Model, _ = filepath.Abs(filepath.Join(*logDir, "mesh.yaml"))
+		if err := devmesh.OffsetModel(filepath.Join(*root, "controlplane/examples/mesh.yaml"), opts.Model, *offset); err != nil {
+			fmt.Fprintf(os.Stderr, "meshrun: --port-offset: %v\n", err)
+			return 1
+		}
+	}
 	var procs []devmesh.Proc
 	if !*noRedis && devmesh.RedisServer() != "" {
 		opts.RedisPort = 16379 + *offset

@@ -110,6 +110,23 @@ func TestMeshrunStartsAndStopsEverything(t *testing.T) {
 		t.Fatalf("demo app web: %v", err)
 	}
 	resp.Body.Close()
+	// The model's ports moved too: the offset ingress routes to the offset
+	// web sidecar and app (the example routes / to web).
+	ingress := "http://127.0.0.1:" + strconv.Itoa(18080+10000) + "/hello"
+	routed := time.Now().Add(90 * time.Second)
+	for {
+		resp, err := http.Get(ingress)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(routed) {
+			t.Fatalf("the offset ingress %s did not route to web within 90s (last: %v)", ingress, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	cmd.Process.Signal(os.Interrupt)
 	go io.Copy(io.Discard, stdout)

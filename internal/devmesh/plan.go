@@ -27,6 +27,9 @@ type Options struct {
 	Root      string // repository root, for example configs
 	RedisPort int    // 0: no Redis; RLS use the memory backend
 	Offset    int    // added to every port (tests run beside a live mesh)
+	// Model is the controlplane's model file; empty means the example in
+	// Root. With an Offset, pass a copy made by OffsetModel.
+	Model string
 }
 
 func (o Options) addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port+o.Offset) }
@@ -47,6 +50,10 @@ func Plan(o Options) []Proc {
 		joins += o.addr(gossip[i])
 	}
 	xds := o.addr(18000)
+	model := o.Model
+	if model == "" {
+		model = filepath.Join(o.Root, "controlplane/examples/mesh.yaml")
+	}
 
 	for _, app := range []struct {
 		name, zone string
@@ -61,7 +68,7 @@ func Plan(o Options) []Proc {
 	ps = append(ps, Proc{
 		Name: "controlplane", Kind: "controlplane",
 		Args: []string{"--xds-addr", xds, "--admin-addr", o.addr(19000),
-			"--model", filepath.Join(o.Root, "controlplane/examples/mesh.yaml"), "--hds-addr", hdsAddrs},
+			"--model", model, "--hds-addr", hdsAddrs},
 		Admin: o.addr(19000), Ports: "xds " + xds + "  admin " + o.addr(19000),
 		Needs: []string{"--xds-addr", "--model", "--hds-addr"},
 	})
