@@ -74,6 +74,14 @@ type Output struct {
 	// Endpoints holds every ClusterLoadAssignment by name, shared by all
 	// groups (a node only subscribes to those its clusters name).
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// ByNodeCluster maps a node's role and cluster (NodeClusterKey) to the
+	// model proxy that serves nodes whose id the model does not name, so
+	// replicas of one proxy (a Deployment's pods) share an entry. A node
+	// cluster equal to a proxy's id wins; otherwise a sidecar's service, when
+	// only one sidecar has it. The role (node metadata "role", which bin/proxy
+	// and the bootstrap subcommand set) keeps proxyless gRPC clients that
+	// happen to share a service name out of a proxy's group.
+	ByNodeCluster map[string]string
 }
 
 // Build translates a validated model. health may be nil.
@@ -142,10 +150,33 @@ func Build(m *model.Mesh, health Health) (*Output, error) {
 		}
 		out.Groups[ProxyGroup(p.ID)] = g
 	}
+	out.ByNodeCluster = byNodeCluster(m.Proxies)
 	if err := out.check(); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// NodeClusterKey is the ByNodeCluster key of a node.
+func NodeClusterKey(role, cluster string) string { return role + "/" + cluster }
+
+func byNodeCluster(ps []model.Proxy) map[string]string {
+	m := map[string]string{}
+	sidecars := map[string]int{}
+	for _, p := range ps {
+		if p.Role == model.RoleSidecar && p.Service != "" {
+			sidecars[p.Service]++
+		}
+	}
+	for _, p := range ps {
+		if p.Role == model.RoleSidecar && sidecars[p.Service] == 1 {
+			m[NodeClusterKey(p.Role, p.Service)] = p.ID
+		}
+	}
+	for _, p := range ps {
+		m[NodeClusterKey(p.Role, p.ID)] = p.ID
+	}
+	return m
 }
 
 // check validates every resource and proves each group's snapshot

@@ -72,6 +72,7 @@ type Server struct {
 func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Server {
 	s := &Server{log: log, hash: &nodeHash{}, versions: map[string][4]string{}, edsHash: map[string]string{}}
 	s.hash.proxies.Store(&map[string]bool{})
+	s.hash.byCluster.Store(&map[string]string{})
 	cl := cacheLogger{log: log.With("component", "xds-cache")}
 	// ads=false: gRPC clients name only what they need; ads=true would
 	// drop such requests for good in go-control-plane v0.14.
@@ -231,6 +232,11 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 	s.edsHash = newHash
 
 	s.hash.proxies.Store(&proxies)
+	byCluster := maps.Clone(out.ByNodeCluster)
+	if byCluster == nil {
+		byCluster = map[string]string{}
+	}
+	s.hash.byCluster.Store(&byCluster)
 	groups := maps.Clone(out.Groups)
 	for key := range s.resHash {
 		if g := key[strings.IndexByte(key, ' ')+1:]; groups[g] == nil {
@@ -349,20 +355,26 @@ func typeVersion(rs []types.Resource) (string, map[string]string, error) {
 }
 
 // nodeHash maps a node to its group: HDS replicas by metadata role, model
-// proxies by id, everyone else to the proxyless mesh group.
+// proxies by id (or, for replicas with their own ids, by node cluster),
+// everyone else to the proxyless mesh group.
 type nodeHash struct {
-	proxies atomic.Pointer[map[string]bool]
+	proxies   atomic.Pointer[map[string]bool]
+	byCluster atomic.Pointer[map[string]string]
 }
 
 func (h *nodeHash) ID(n *corev3.Node) string {
 	if n == nil {
 		return translate.GroupMesh
 	}
-	if role := n.GetMetadata().GetFields()["role"].GetStringValue(); role == "hds" {
+	role := n.GetMetadata().GetFields()["role"].GetStringValue()
+	if role == "hds" {
 		return translate.GroupHDS
 	}
 	if (*h.proxies.Load())[n.GetId()] {
 		return translate.ProxyGroup(n.GetId())
+	}
+	if id, ok := (*h.byCluster.Load())[translate.NodeClusterKey(role, n.GetCluster())]; ok && role != "" && (*h.proxies.Load())[id] {
+		return translate.ProxyGroup(id)
 	}
 	return translate.GroupMesh
 }
