@@ -20,7 +20,8 @@ import (
 
 const tcpProxyType = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
-// Listener kinds.
+// Listener kinds. Every filter chain of a listener has the same kind: one
+// accept loop serves either HTTP (net/http) or raw TCP splicing.
 const (
 	kindHTTP = iota
 	kindTCP
@@ -31,8 +32,23 @@ type listenerConfig struct {
 	name string
 	addr string
 	kind int
-	hcm  *hcmConfig
-	tcp  *tcpConfig
+	// hcm/tcp are set when one filter chain serves every connection (no
+	// filter_chain_match criteria, no default chain): the request path then
+	// does no matching at all.
+	hcm *hcmConfig
+	tcp *tcpConfig
+	// chains and def are the filter chains to select from per connection,
+	// following Envoy's filter_chain_match order.
+	chains []*chainConfig
+	def    *chainConfig
+}
+
+// chainConfig is one compiled filter chain.
+type chainConfig struct {
+	name  string
+	match chainMatch
+	hcm   *hcmConfig
+	tcp   *tcpConfig
 }
 
 // hcmConfig is a compiled HttpConnectionManager.
@@ -58,80 +74,150 @@ type tcpConfig struct {
 	idleTimeout time.Duration
 }
 
-// HTTP filters the proxy accepts. The router is implemented here; the
-// rate-limit, fault and local rate-limit filters are accepted so a mesh
-// config written for Envoy loads, and are implemented with issue 7.
-var knownHTTPFilters = map[string]bool{
-	"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router":                  true,
-	"type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit":            true,
-	"type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault":                true,
-	"type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": true,
-	"type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck":       true,
-}
+const routerType = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 func compileListener(l *listenerv3.Listener, m *stats.Metrics, factories map[string]FilterFactory) (*listenerConfig, error) {
+	name := l.GetName()
 	sa := l.GetAddress().GetSocketAddress()
 	if sa == nil {
-		return nil, fmt.Errorf("listener %q: address.socket_address is required", l.GetName())
+		return nil, fmt.Errorf("listener %q: address.socket_address is required", name)
 	}
 	if sa.GetProtocol().String() != "TCP" {
-		return nil, fmt.Errorf("listener %q: only TCP listeners are supported", l.GetName())
+		return nil, fmt.Errorf("listener %q: only TCP listeners are supported", name)
 	}
-	lc := &listenerConfig{name: l.GetName(), addr: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))}
-	chains := l.GetFilterChains()
-	if len(chains) == 0 && l.GetDefaultFilterChain() != nil {
-		chains = []*listenerv3.FilterChain{l.GetDefaultFilterChain()}
+	// Features we cannot honour are refused rather than silently served
+	// as something else (Envoy would apply them).
+	for i, lf := range l.GetListenerFilters() {
+		return nil, fmt.Errorf("listener %q: listener_filters[%d] %q (%s): listener filters are not supported (no TLS/HTTP inspection, original_dst or proxy_protocol)",
+			name, i, lf.GetName(), lf.GetTypedConfig().GetTypeUrl())
 	}
-	if len(chains) == 0 {
-		return nil, fmt.Errorf("listener %q: no filter chains", l.GetName())
+	if l.GetUseOriginalDst().GetValue() {
+		return nil, fmt.Errorf("listener %q: use_original_dst is not supported", name)
 	}
-	// Without TLS or original-dst there is nothing to choose chains by:
-	// the first chain serves every connection.
-	fc := chains[0]
-	if fc.GetTransportSocket() != nil {
-		return nil, fmt.Errorf("listener %q: filter_chains[0].transport_socket (TLS) is not supported", l.GetName())
+	if len(l.GetAdditionalAddresses()) > 0 {
+		return nil, fmt.Errorf("listener %q: additional_addresses is not supported", name)
 	}
-	for i, f := range fc.GetFilters() {
-		switch f.GetTypedConfig().GetTypeUrl() {
+	if l.GetApiListener() != nil {
+		return nil, fmt.Errorf("listener %q: api_listener is not supported", name)
+	}
+	lc := &listenerConfig{name: name, addr: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))}
+	if len(l.GetFilterChains()) == 0 && l.GetDefaultFilterChain() == nil {
+		return nil, fmt.Errorf("listener %q: no filter chains", name)
+	}
+	kind := -1
+	compile := func(field string, fc *listenerv3.FilterChain) (*chainConfig, error) {
+		cc, err := compileChain(fc, m, factories)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %s: %w", name, field, err)
+		}
+		k := kindHTTP
+		if cc.tcp != nil {
+			k = kindTCP
+		}
+		if kind >= 0 && k != kind {
+			return nil, fmt.Errorf("listener %q: %s: mixing http_connection_manager and tcp_proxy filter chains in one listener is not supported", name, field)
+		}
+		kind = k
+		return cc, nil
+	}
+	for i, fc := range l.GetFilterChains() {
+		field := fmt.Sprintf("filter_chains[%d]", i)
+		if fc.GetName() != "" {
+			field += fmt.Sprintf(" %q", fc.GetName())
+		}
+		cc, err := compile(field, fc)
+		if err != nil {
+			return nil, err
+		}
+		cm, err := compileMatch(fc.GetFilterChainMatch())
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %s.filter_chain_match: %w", name, field, err)
+		}
+		cc.match = cm
+		for j, prev := range lc.chains {
+			if prev.match.overlaps(&cm) {
+				return nil, fmt.Errorf("listener %q: filter_chains[%d] and filter_chains[%d] have the same filter_chain_match rules", name, j, i)
+			}
+		}
+		lc.chains = append(lc.chains, cc)
+	}
+	if d := l.GetDefaultFilterChain(); d != nil {
+		cc, err := compile("default_filter_chain", d)
+		if err != nil {
+			return nil, err
+		}
+		lc.def = cc
+	}
+	lc.kind = kind
+	switch {
+	case lc.def == nil && len(lc.chains) == 1 && lc.chains[0].match.empty():
+		lc.hcm, lc.tcp = lc.chains[0].hcm, lc.chains[0].tcp
+	case lc.def != nil && len(lc.chains) == 0:
+		lc.hcm, lc.tcp = lc.def.hcm, lc.def.tcp
+	}
+	return lc, nil
+}
+
+// compileChain compiles a filter chain's network filters: zero or more
+// (none supported today) followed by one terminal filter, as Envoy requires.
+func compileChain(fc *listenerv3.FilterChain, m *stats.Metrics, factories map[string]FilterFactory) (*chainConfig, error) {
+	if ts := fc.GetTransportSocket(); ts != nil {
+		return nil, fmt.Errorf("transport_socket %q (%s): TLS and other transport sockets are not supported", ts.GetName(), ts.GetTypedConfig().GetTypeUrl())
+	}
+	if fc.GetUseProxyProto().GetValue() {
+		return nil, fmt.Errorf("use_proxy_proto is not supported")
+	}
+	cc := &chainConfig{name: fc.GetName()}
+	fs := fc.GetFilters()
+	for i, f := range fs {
+		tc := f.GetTypedConfig()
+		if tc == nil {
+			return nil, fmt.Errorf("filters[%d] %q: typed_config is required (config_discovery is not supported)", i, f.GetName())
+		}
+		if cc.hcm != nil || cc.tcp != nil {
+			return nil, fmt.Errorf("filters[%d] %q: a filter after the terminal filter %q (the terminal filter must be the last)", i, f.GetName(), fs[i-1].GetName())
+		}
+		switch tc.GetTypeUrl() {
 		case xds.HCMType:
 			var h hcmv3.HttpConnectionManager
-			if err := f.GetTypedConfig().UnmarshalTo(&h); err != nil {
-				return nil, fmt.Errorf("listener %q: filters[%d]: %w", l.GetName(), i, err)
+			if err := tc.UnmarshalTo(&h); err != nil {
+				return nil, fmt.Errorf("filters[%d] %q: %w", i, f.GetName(), err)
 			}
 			hc, err := compileHCM(&h, m, factories)
 			if err != nil {
-				return nil, fmt.Errorf("listener %q: filters[%d] http_connection_manager: %w", l.GetName(), i, err)
+				return nil, fmt.Errorf("filters[%d] %q http_connection_manager: %w", i, f.GetName(), err)
 			}
-			lc.kind, lc.hcm = kindHTTP, hc
-			return lc, nil
+			cc.hcm = hc
 		case tcpProxyType:
 			var t tcpv3.TcpProxy
-			if err := f.GetTypedConfig().UnmarshalTo(&t); err != nil {
-				return nil, fmt.Errorf("listener %q: filters[%d]: %w", l.GetName(), i, err)
+			if err := tc.UnmarshalTo(&t); err != nil {
+				return nil, fmt.Errorf("filters[%d] %q: %w", i, f.GetName(), err)
 			}
-			tc := &tcpConfig{statPrefix: t.GetStatPrefix(), idleTimeout: time.Hour}
+			tcfg := &tcpConfig{statPrefix: t.GetStatPrefix(), idleTimeout: time.Hour}
 			if d := t.GetIdleTimeout(); d != nil {
-				tc.idleTimeout = d.AsDuration()
+				tcfg.idleTimeout = d.AsDuration()
 			}
 			if c := t.GetCluster(); c != "" {
-				tc.clusters = []route.WeightedCluster{{Name: c, Weight: 1}}
+				tcfg.clusters = []route.WeightedCluster{{Name: c, Weight: 1}}
 			}
 			for _, wc := range t.GetWeightedClusters().GetClusters() {
-				tc.clusters = append(tc.clusters, route.WeightedCluster{Name: wc.GetName(), Weight: wc.GetWeight()})
+				tcfg.clusters = append(tcfg.clusters, route.WeightedCluster{Name: wc.GetName(), Weight: wc.GetWeight()})
 			}
-			for _, c := range tc.clusters {
-				tc.total += c.Weight
+			for _, c := range tcfg.clusters {
+				tcfg.total += c.Weight
 			}
-			if tc.total == 0 {
-				return nil, fmt.Errorf("listener %q: tcp_proxy needs a cluster", l.GetName())
+			if tcfg.total == 0 {
+				return nil, fmt.Errorf("filters[%d] %q: tcp_proxy needs a cluster", i, f.GetName())
 			}
-			lc.kind, lc.tcp = kindTCP, tc
-			return lc, nil
+			cc.tcp = tcfg
 		default:
-			return nil, fmt.Errorf("listener %q: filters[%d] %q: unsupported network filter %s", l.GetName(), i, f.GetName(), f.GetTypedConfig().GetTypeUrl())
+			return nil, fmt.Errorf("filters[%d] %q: unsupported network filter type %s", i, f.GetName(), tc.GetTypeUrl())
 		}
 	}
-	return nil, fmt.Errorf("listener %q: no http_connection_manager or tcp_proxy filter", l.GetName())
+	if cc.hcm == nil && cc.tcp == nil {
+		return nil, fmt.Errorf("no http_connection_manager or tcp_proxy filter")
+	}
+	return cc, nil
 }
 
 func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, factories map[string]FilterFactory) (*hcmConfig, error) {
@@ -168,31 +254,45 @@ func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, factories map[
 		}
 		hc.upgrades[strings.ToLower(u.GetUpgradeType())] = en
 	}
+	// Envoy's rule: every filter needs a registered implementation for its
+	// typed_config type, unless it is marked is_optional (then it is
+	// skipped); the router is terminal and must be last.
 	sawRouter := false
 	var wraps []func(http.Handler) http.Handler
 	for i, f := range h.GetHttpFilters() {
-		tu := f.GetTypedConfig().GetTypeUrl()
-		if fac := factories[tu]; fac != nil && !sawRouter {
-			wrap, err := fac(f.GetName(), f.GetTypedConfig())
-			if err != nil {
-				return nil, fmt.Errorf("http_filters[%d] %q: %w", i, f.GetName(), err)
-			}
-			wraps = append(wraps, wrap)
-			hc.filters = append(hc.filters, f.GetName())
-			continue
-		}
-		if !knownHTTPFilters[tu] {
+		tc := f.GetTypedConfig()
+		if tc == nil {
 			if f.GetIsOptional() {
 				continue
 			}
-			return nil, fmt.Errorf("http_filters[%d] %q: unsupported filter type %q", i, f.GetName(), tu)
+			return nil, fmt.Errorf("http_filters[%d] %q: typed_config is required (config_discovery is not supported)", i, f.GetName())
 		}
+		tu := tc.GetTypeUrl()
 		if sawRouter {
-			return nil, fmt.Errorf("http_filters[%d] %q: the router must be the last filter", i, f.GetName())
+			return nil, fmt.Errorf("http_filters[%d] %q (%s): the router must be the last filter", i, f.GetName(), tu)
 		}
-		if strings.HasSuffix(tu, "router.v3.Router") {
+		if tu == routerType {
 			sawRouter = true
+			hc.filters = append(hc.filters, f.GetName())
+			continue
 		}
+		fac := factories[tu]
+		if fac == nil {
+			if f.GetIsOptional() {
+				continue
+			}
+			return nil, fmt.Errorf("http_filters[%d] %q: no filter implementation registered for type %s (mark it is_optional to skip it)", i, f.GetName(), tu)
+		}
+		if f.GetDisabled() {
+			// Envoy enables a disabled filter only through per-route
+			// config, which we do not implement; off is its default.
+			continue
+		}
+		wrap, err := fac(f.GetName(), tc)
+		if err != nil {
+			return nil, fmt.Errorf("http_filters[%d] %q: %w", i, f.GetName(), err)
+		}
+		wraps = append(wraps, wrap)
 		hc.filters = append(hc.filters, f.GetName())
 	}
 	if len(h.GetHttpFilters()) > 0 && !sawRouter {

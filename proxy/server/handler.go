@@ -49,8 +49,24 @@ type reqInfo struct {
 func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := h.l.state.Load()
 	hcm := st.cfg.hcm
+	if hcm == nil {
+		// Several filter chains: select by the connection's addresses in
+		// the config this request runs on.
+		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		k := connKey{}
+		if local != nil {
+			k = keyOf(local, addrString(r.RemoteAddr))
+		}
+		c := st.cfg.pick(k)
+		if c == nil || c.hcm == nil {
+			// The connection matches no chain of the current config:
+			// Envoy closes such connections.
+			panic(http.ErrAbortHandler)
+		}
+		hcm = c.hcm
+	}
 	ri := reqInfo{start: time.Now()}
-	h.serve(w, r, st, &ri)
+	h.serve(w, r, st, hcm, &ri)
 	hcm.stats.Rq.Inc(ri.code)
 	hcm.stats.RqTime.Observe(float64(time.Since(ri.start).Microseconds()) / 1000)
 	if h.p.opt.AccessLog != nil {
@@ -58,8 +74,7 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (h *httpHandler) serve(w http.ResponseWriter, r *http.Request, st *lstate, ri *reqInfo) {
-	hcm := st.cfg.hcm
+func (h *httpHandler) serve(w http.ResponseWriter, r *http.Request, st *lstate, hcm *hcmConfig, ri *reqInfo) {
 	table := hcm.inline
 	if table == nil {
 		table = st.snap.Routes[hcm.rdsName]
@@ -110,7 +125,7 @@ func (h *httpHandler) serve(w http.ResponseWriter, r *http.Request, st *lstate, 
 	if hcm.chain != nil {
 		sw := &statusWriter{ResponseWriter: w}
 		info := &RouteInfo{VirtualHost: vh.Proto, Route: rt.Proto, Cluster: wc.Name,
-			next: func(w http.ResponseWriter, r *http.Request) { h.forward(w, r, st, ri, table, vh, rt, wc, cl) }}
+			next: func(w http.ResponseWriter, r *http.Request) { h.forward(w, r, st, hcm, ri, table, vh, rt, wc, cl) }}
 		hcm.chain.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), routeKey{}, info)))
 		if ri.code == 0 {
 			ri.code = sw.code // a filter answered
@@ -118,7 +133,7 @@ func (h *httpHandler) serve(w http.ResponseWriter, r *http.Request, st *lstate, 
 		h.routeStats(ri)
 		return
 	}
-	h.forward(w, r, st, ri, table, vh, rt, wc, cl)
+	h.forward(w, r, st, hcm, ri, table, vh, rt, wc, cl)
 	h.routeStats(ri)
 }
 
@@ -129,8 +144,7 @@ func (h *httpHandler) routeStats(ri *reqInfo) {
 }
 
 // forward proxies the request to cl with retries and timeouts.
-func (h *httpHandler) forward(w http.ResponseWriter, r *http.Request, st *lstate, ri *reqInfo, table *route.Table, vh *route.VirtualHost, rt *route.Route, wc *route.WeightedCluster, cl *cluster.Cluster) {
-	hcm := st.cfg.hcm
+func (h *httpHandler) forward(w http.ResponseWriter, r *http.Request, st *lstate, hcm *hcmConfig, ri *reqInfo, table *route.Table, vh *route.VirtualHost, rt *route.Route, wc *route.WeightedCluster, cl *cluster.Cluster) {
 	upgrade := ""
 	if r.ProtoMajor == 1 && r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade") {
 		upgrade = strings.ToLower(r.Header.Get("Upgrade"))
@@ -740,3 +754,9 @@ func (p *Proxy) accessLog(r *http.Request, ri *reqInfo, prefix string) {
 	io.WriteString(p.opt.AccessLog, line)
 	p.accessMu.Unlock()
 }
+
+// addrString is a net.Addr for an address already formatted as host:port.
+type addrString string
+
+func (a addrString) Network() string { return "tcp" }
+func (a addrString) String() string  { return string(a) }

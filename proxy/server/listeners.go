@@ -112,8 +112,14 @@ func (p *Proxy) serve(l *liveListener) {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	idle := time.Hour
-	if st := l.state.Load(); st != nil && st.cfg.hcm != nil {
-		idle = st.cfg.hcm.idleTimeout
+	if st := l.state.Load(); st != nil {
+		if h := st.cfg.hcm; h != nil {
+			idle = h.idleTimeout
+		} else if len(st.cfg.chains) > 0 {
+			idle = st.cfg.chains[0].hcm.idleTimeout
+		} else if st.cfg.def != nil {
+			idle = st.cfg.def.hcm.idleTimeout
+		}
 	}
 	l.srv = &http.Server{
 		Handler:     &httpHandler{p: p, l: l},
@@ -133,7 +139,7 @@ func (p *Proxy) serve(l *liveListener) {
 		},
 	}
 	go func() {
-		if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := l.srv.Serve(matchListener{Listener: l.ln, l: l}); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			p.log.Error("listener stopped", "name", l.name, "err", err)
 		}
 	}()
@@ -203,6 +209,27 @@ func (t *tcpConns) closeAll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for c := range t.m {
+		c.Close()
+	}
+}
+
+// matchListener closes, at accept, connections that match no filter chain
+// of the listener's current config, as Envoy does.
+type matchListener struct {
+	net.Listener
+	l *liveListener
+}
+
+func (m matchListener) Accept() (net.Conn, error) {
+	for {
+		c, err := m.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		cfg := m.l.state.Load().cfg
+		if cfg.hcm != nil || cfg.pick(keyOf(c.LocalAddr(), c.RemoteAddr())) != nil {
+			return c, nil
+		}
 		c.Close()
 	}
 }

@@ -18,6 +18,15 @@ func (p *Proxy) serveTCP(l *liveListener) {
 			}
 			return
 		}
+		st := l.state.Load()
+		if st.cfg.tcp == nil {
+			if ch := st.cfg.pick(keyOf(c.LocalAddr(), c.RemoteAddr())); ch == nil || ch.tcp == nil {
+				c.Close() // no filter chain matches: Envoy closes the connection
+				continue
+			} else {
+				st = &lstate{cfg: &listenerConfig{name: st.cfg.name, tcp: ch.tcp}, snap: st.snap}
+			}
+		}
 		l.stats.Cx.Inc()
 		l.stats.CxActive.Inc()
 		l.tcp.add(c)
@@ -27,7 +36,7 @@ func (p *Proxy) serveTCP(l *liveListener) {
 				l.stats.CxActive.Dec()
 				c.Close()
 			}()
-			p.proxyTCP(l.state.Load(), c)
+			p.proxyTCP(st, c)
 		}()
 	}
 }
