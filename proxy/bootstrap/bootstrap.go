@@ -33,6 +33,9 @@ type Config struct {
 	XDSAddr   string
 	SotW      bool   // ads_config.api_type GRPC instead of DELTA_GRPC
 	AdminAddr string // from the bootstrap's admin.address, if any
+	// HDSAddr is the HDS server from the bootstrap's hds_config (the first
+	// endpoint of the static cluster it names); empty without hds_config.
+	HDSAddr string
 	// Static holds static_resources listeners and clusters when the
 	// bootstrap has no dynamic_resources (static mode, no control plane).
 	Static *xds.Resources
@@ -131,25 +134,43 @@ func Parse(name string, raw []byte) (*Config, error) {
 		return nil, fmt.Errorf("bootstrap %s: dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name is required", name)
 	}
 	cn := gs[0].GetEnvoyGrpc().GetClusterName()
+	if cfg.XDSAddr = clusterAddr(&b, cn); cfg.XDSAddr == "" {
+		return nil, fmt.Errorf("bootstrap %s: static_resources.clusters has no cluster %q with a socket_address endpoint", name, cn)
+	}
+	if hds := b.GetHdsConfig(); hds != nil {
+		// Envoy's HDS client speaks the SotW-style bidi stream only.
+		if hds.GetApiType() != corev3.ApiConfigSource_GRPC {
+			return nil, fmt.Errorf("bootstrap %s: hds_config.api_type %s: HDS needs GRPC", name, hds.GetApiType())
+		}
+		hs := hds.GetGrpcServices()
+		if len(hs) == 0 || hs[0].GetEnvoyGrpc().GetClusterName() == "" {
+			return nil, fmt.Errorf("bootstrap %s: hds_config.grpc_services[0].envoy_grpc.cluster_name is required", name)
+		}
+		hn := hs[0].GetEnvoyGrpc().GetClusterName()
+		if cfg.HDSAddr = clusterAddr(&b, hn); cfg.HDSAddr == "" {
+			return nil, fmt.Errorf("bootstrap %s: hds_config names cluster %q, but static_resources.clusters has no such cluster with a socket_address endpoint", name, hn)
+		}
+	}
+	if sa := b.GetAdmin().GetAddress().GetSocketAddress(); sa != nil {
+		cfg.AdminAddr = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+	}
+	return cfg, nil
+}
+
+// clusterAddr is the first socket_address endpoint of the static cluster
+// named cn, or "".
+func clusterAddr(b *bootstrapv3.Bootstrap, cn string) string {
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if c.GetName() != cn {
 			continue
 		}
 		for _, l := range c.GetLoadAssignment().GetEndpoints() {
 			for _, e := range l.GetLbEndpoints() {
-				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
-				if sa != nil {
-					cfg.XDSAddr = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
-					break
+				if sa := e.GetEndpoint().GetAddress().GetSocketAddress(); sa != nil {
+					return net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
 				}
 			}
 		}
 	}
-	if cfg.XDSAddr == "" {
-		return nil, fmt.Errorf("bootstrap %s: static_resources.clusters has no cluster %q with a socket_address endpoint", name, cn)
-	}
-	if sa := b.GetAdmin().GetAddress().GetSocketAddress(); sa != nil {
-		cfg.AdminAddr = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
-	}
-	return cfg, nil
+	return ""
 }

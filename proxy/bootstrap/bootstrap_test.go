@@ -26,6 +26,13 @@ func TestParseADS(t *testing.T) {
 	if c.XDSAddr != "127.0.0.1:18000" || !c.SotW || c.Node.GetId() != "web-sidecar" || c.Node.GetLocality().GetZone() != "zone-a" || c.AdminAddr != "127.0.0.1:15100" {
 		t.Fatalf("parsed %+v", c)
 	}
+	if c.HDSAddr != "" {
+		t.Fatalf("HDS address without hds_config: %q", c.HDSAddr)
+	}
+	h, err := Parse("b.yaml", []byte(adsBootstrap+"hds_config: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}\n"))
+	if err != nil || h.HDSAddr != "127.0.0.1:18000" {
+		t.Fatalf("hds_config: %v %+v", err, h)
+	}
 	if c.Node.GetMetadata().GetFields()["role"].GetStringValue() != "sidecar" {
 		t.Fatalf("metadata lost: %v", c.Node.GetMetadata())
 	}
@@ -33,12 +40,14 @@ func TestParseADS(t *testing.T) {
 
 func TestParseErrorsNameTheProblem(t *testing.T) {
 	for name, tc := range map[string]struct{ in, want string }{
-		"yaml":       {"node: [", "b.yaml"},
-		"unknown":    {"node: {id: x}\nbogus_field: 1\n", "bogus_field"},
-		"no id":      {strings.Replace(adsBootstrap, "id: web-sidecar, ", "", 1), "node.id"},
-		"no ads":     {"node: {id: x}\n", "ads_config"},
-		"no cluster": {strings.Replace(adsBootstrap, "cluster_name: xds}}", "cluster_name: other}}", 1), `no cluster "other"`},
-		"invalid":    {strings.Replace(adsBootstrap, "port_value: 18000", "port_value: 99999", 1), "PortValue"},
+		"yaml":        {"node: [", "b.yaml"},
+		"unknown":     {"node: {id: x}\nbogus_field: 1\n", "bogus_field"},
+		"no id":       {strings.Replace(adsBootstrap, "id: web-sidecar, ", "", 1), "node.id"},
+		"no ads":      {"node: {id: x}\n", "ads_config"},
+		"no cluster":  {strings.Replace(adsBootstrap, "cluster_name: xds}}", "cluster_name: other}}", 1), `no cluster "other"`},
+		"hds cluster": {adsBootstrap + "hds_config: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: hds}}]}\n", `hds_config names cluster "hds"`},
+		"hds delta":   {adsBootstrap + "hds_config: {api_type: DELTA_GRPC, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}\n", "hds_config.api_type DELTA_GRPC"},
+		"invalid":     {strings.Replace(adsBootstrap, "port_value: 18000", "port_value: 99999", 1), "PortValue"},
 	} {
 		_, err := Parse("b.yaml", []byte(tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

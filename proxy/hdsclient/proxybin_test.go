@@ -3,7 +3,9 @@ package hdsclient
 import (
 	"bytes"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -12,6 +14,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
+	cpbootstrap "github.com/sidemesh/sidemesh/controlplane/bootstrap"
 	"github.com/sidemesh/sidemesh/internal/testbin"
 )
 
@@ -28,6 +31,35 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 // reports say HEALTHY, and the admin page /hds shows the host. (No control
 // plane is needed for this; the proxy keeps retrying xDS meanwhile.)
 func TestProxyBinaryRunsHDSClient(t *testing.T) {
+	testProxyBinaryHDS(t, func(hdsAddr, admin string) []string {
+		return []string{"--node-id", "web-sidecar", "--cluster", "web", "--zone", "zone-a", "--role", "sidecar",
+			"--xds-addr", deadAddr(t), "--hds-addr", hdsAddr, "--admin-addr", admin}
+	})
+}
+
+// TestProxyBootstrapHDSConfig: the bootstrap the controlplane generates
+// (controlplane/bootstrap, as `bin/controlplane bootstrap` prints it) is
+// all bin/proxy needs to run HDS: its hds_config names a static cluster.
+func TestProxyBootstrapHDSConfig(t *testing.T) {
+	testProxyBinaryHDS(t, func(hdsAddr, admin string) []string {
+		b, err := cpbootstrap.Build(cpbootstrap.Options{NodeID: "web-sidecar", Role: "sidecar", Cluster: "web", Zone: "zone-a",
+			XDSAddr: deadAddr(t), HDSAddr: hdsAddr, AdminAddr: admin, Delta: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		y, err := cpbootstrap.YAML(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "bootstrap.yaml")
+		if err := os.WriteFile(path, y, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"--bootstrap", path, "--admin-addr", admin}
+	})
+}
+
+func testProxyBinaryHDS(t *testing.T, args func(hdsAddr, admin string) []string) {
 	if testing.Short() {
 		t.Skip("builds bin/proxy")
 	}
@@ -37,8 +69,7 @@ func TestProxyBinaryRunsHDSClient(t *testing.T) {
 	upAddr := strings.TrimPrefix(up.srv.URL, "http://")
 	f.spec = spec(100*time.Millisecond, clusterHC("web", httpCheck(), loc("zone-a", ep(t, upAddr))))
 	admin := deadAddr(t)
-	cmd := exec.Command(bin, "--node-id", "web-sidecar", "--cluster", "web", "--zone", "zone-a", "--role", "sidecar",
-		"--xds-addr", deadAddr(t), "--hds-addr", addrOf(f), "--admin-addr", admin)
+	cmd := exec.Command(bin, args(addrOf(f), admin)...)
 	logs := &syncBuf{}
 	cmd.Stderr, cmd.Stdout = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

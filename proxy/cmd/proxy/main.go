@@ -44,7 +44,7 @@ func main() {
 			fs.String("role", "sidecar", "node role: sidecar or ingress")
 			fs.String("service", "", "service name in node metadata (defaults to --cluster)")
 			fs.String("xds-addr", "", "control plane ADS address host:port (required unless --bootstrap)")
-			fs.String("hds-addr", "", "health discovery service address (used by the HDS client, issue 7)")
+			fs.String("hds-addr", "", "health discovery service address host:port: run the HDS client (default: the bootstrap's hds_config)")
 			fs.String("bootstrap", "", "Envoy-style bootstrap YAML/JSON (node, ads_config, static xds cluster); replaces the node/xds flags")
 			fs.Bool("xds-sotw", false, "use state-of-the-world ADS instead of delta")
 			fs.String("access-log", "", "JSON access log: a file path or - for stdout (off when empty)")
@@ -201,7 +201,14 @@ func run(ctx context.Context, env *app.Env) error {
 			return hs.Serve(hctx)
 		}))
 	}
-	if addr := get("hds-addr"); addr != "" {
+	hdsAddr := get("hds-addr")
+	if hdsAddr == "" && bc.HDSAddr != "" {
+		// The bootstrap's hds_config, as Envoy reads it.
+		hdsAddr = bc.HDSAddr
+	} else if hdsAddr != "" && bc.HDSAddr != "" && hdsAddr != bc.HDSAddr {
+		env.Log.Warn("--hds-addr overrides the bootstrap's hds_config", "hds_addr", hdsAddr, "bootstrap_hds", bc.HDSAddr)
+	}
+	if addr := hdsAddr; addr != "" {
 		// Issue 7: run the health checks HDS delegates to this proxy.
 		hc, err := hdsclient.New(hdsclient.Config{Addr: addr, Node: bc.Node, Log: env.Log.With("component", "hds"), Registerer: adm.Registry()})
 		if err != nil {
