@@ -44,6 +44,9 @@ type Spec struct {
 	AdminAddr string
 	// Flags adds the binary's own flags.
 	Flags func(fs *pflag.FlagSet)
+	// AdminListener, when set, may supply the admin listener for addr (e.g.
+	// a socket inherited in a hot restart); nil, nil means bind addr.
+	AdminListener func(fs *pflag.FlagSet, addr string) (net.Listener, error)
 	// Run builds the service and usually ends with env.Serve(units...).
 	Run func(ctx context.Context, env *Env) error
 }
@@ -135,7 +138,14 @@ func Exec(ctx context.Context, spec Spec, args []string, stdout, stderr io.Write
 	if spec.AdminAddr != "" {
 		env.adminAddr, _ = fs.GetString("admin-addr")
 		env.drain, _ = fs.GetDuration("drain-timeout")
-		ln, err := net.Listen("tcp", env.adminAddr)
+		var ln net.Listener
+		var err error
+		if spec.AdminListener != nil {
+			ln, err = spec.AdminListener(fs, env.adminAddr)
+		}
+		if ln == nil && err == nil {
+			ln, err = net.Listen("tcp", env.adminAddr)
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "%s: admin-addr %s: %v\n", spec.Name, env.adminAddr, err)
 			return ExitUsage
@@ -166,6 +176,9 @@ func (e *Env) AdminAddr() string {
 	}
 	return ""
 }
+
+// AdminListener is the admin server's listening socket (nil without one).
+func (e *Env) AdminListener() net.Listener { return e.adminLn }
 
 // DrainTimeout is the configured drain bound.
 func (e *Env) DrainTimeout() time.Duration { return e.drain }

@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -51,8 +52,47 @@ func main() {
 			fs.String("restart-from", "", "hot restart: unix socket of the running proxy to take listeners from")
 			fs.String("restart-socket", "", "hot restart: unix socket this proxy offers its listeners on")
 		},
-		Run: run,
+		AdminListener: takeOver,
+		Run:           run,
 	})
+}
+
+// adminKey names the admin socket among the hot-restart listeners; data
+// listeners are keyed by their configured address.
+const adminKey = "admin:"
+
+// Sockets taken from the previous process by takeOver, for run.
+var (
+	inherited map[string]net.Listener
+	handoff   *hotrestart.Handoff
+)
+
+// takeOver runs before the admin server binds: with --restart-from it takes
+// every listening socket of the running proxy, the admin one included, so
+// the successor runs with the same command line.
+func takeOver(fs *pflag.FlagSet, addr string) (net.Listener, error) {
+	p, _ := fs.GetString("restart-from")
+	if p == "" {
+		return nil, nil
+	}
+	ls, h, err := hotrestart.Take(p)
+	if err != nil {
+		return nil, fmt.Errorf("hot restart: %w", err)
+	}
+	inherited, handoff = ls, h
+	var adm net.Listener
+	for k, l := range ls {
+		if !strings.HasPrefix(k, adminKey) {
+			continue
+		}
+		delete(ls, k)
+		if strings.TrimPrefix(k, adminKey) == addr {
+			adm = l
+		} else {
+			l.Close() // a different --admin-addr: bind our own
+		}
+	}
+	return adm, nil
 }
 
 func run(ctx context.Context, env *app.Env) error {
@@ -96,14 +136,8 @@ func run(ctx context.Context, env *app.Env) error {
 		defer f.Close()
 		accessLog = f
 	}
-	var inherited map[string]net.Listener
-	var handoff *hotrestart.Handoff
-	if p := get("restart-from"); p != "" {
-		inherited, handoff, err = hotrestart.Take(p)
-		if err != nil {
-			return fmt.Errorf("hot restart: %w", err)
-		}
-		env.Log.Info("hot restart: took listeners", "count", len(inherited), "from", p)
+	if handoff != nil {
+		env.Log.Info("hot restart: took listeners", "count", len(inherited), "from", get("restart-from"), "admin", env.AdminAddr())
 	}
 
 	m := stats.New(env.Admin.Registry())
@@ -182,7 +216,14 @@ func run(ctx context.Context, env *app.Env) error {
 		}))
 	}
 	if p := get("restart-socket"); p != "" {
-		hs := &hotrestart.Server{Path: p, Listeners: px.Listeners, OnHandoff: func() {
+		listeners := func() map[string]net.Listener {
+			ls := px.Listeners()
+			if al := env.AdminListener(); al != nil {
+				ls[adminKey+get("admin-addr")] = al
+			}
+			return ls
+		}
+		hs := &hotrestart.Server{Path: p, Listeners: listeners, OnHandoff: func() {
 			env.Log.Info("hot restart: successor ready, draining")
 			syscall.Kill(os.Getpid(), syscall.SIGTERM)
 		}}

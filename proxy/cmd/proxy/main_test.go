@@ -116,7 +116,7 @@ func TestHotRestartUnderLoad(t *testing.T) {
 	port := mt.FreePort(t)
 	cp.Push(t, testMesh(port, up))
 	sock := filepath.Join(t.TempDir(), "restart.sock")
-	adminA, adminB := mt.FreePort(t), mt.FreePort(t)
+	adminA := mt.FreePort(t)
 	boot := filepath.Join(t.TempDir(), "bootstrap.yaml")
 	os.WriteFile(boot, []byte(fmt.Sprintf(`node: {id: test-node, cluster: test, locality: {zone: zone-a}}
 dynamic_resources:
@@ -178,7 +178,9 @@ static_resources:
 		}()
 	}
 	mt.Eventually(t, "load running", func() bool { return ok.Load() > 200 })
-	b := start(t, bin, "--node-id", "test-node", "--xds-addr", cp.Addr, "--admin-addr", fmt.Sprintf("127.0.0.1:%d", adminB),
+	// The same command line, admin address included: the successor takes
+	// the admin socket over with the data listeners.
+	b := start(t, bin, "--bootstrap", boot, "--admin-addr", fmt.Sprintf("127.0.0.1:%d", adminA),
 		"--restart-from", sock, "--restart-socket", sock, "--drain-timeout", "10s")
 	if code := a.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("old process exit %d", code)
@@ -193,6 +195,13 @@ static_resources:
 	t.Logf("hot restart: %d requests, 0 failures", ok.Load())
 	if !strings.Contains(a.output(), "successor ready, draining") || !strings.Contains(b.output(), "took listeners") {
 		t.Fatalf("handoff not logged")
+	}
+	// The old process is gone, so the admin port answering is the successor.
+	if code, _ := httpGet(admin + "/ready"); code != 200 {
+		t.Fatalf("admin /ready on the successor: %d", code)
+	}
+	if code, body := httpGet(admin + "/config_dump"); code != 200 || !strings.Contains(body, "127.0.0.1:") {
+		t.Fatalf("admin /config_dump on the successor: %d %.300s", code, body)
 	}
 	// SIGTERM drains and exits 0.
 	b.cmd.Process.Signal(syscall.SIGTERM)
