@@ -15,6 +15,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -146,6 +147,11 @@ func TestUnsupportedListenerFeaturesRejected(t *testing.T) {
 		{"server names", mod(func(l *listenerv3.Listener) {
 			l.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{ServerNames: []string{"example.com"}}
 		}), []string{`listener "l"`, "filter_chain_match", "server_names", "TLS"}},
+		{"http and tcp chains mixed", mod(func(l *listenerv3.Listener) {
+			tp, _ := anypb.New(&tcpv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "svc"}})
+			l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{FilterChainMatch: &listenerv3.FilterChainMatch{SourcePorts: []uint32{1}},
+				Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tp}}}})
+		}), []string{`listener "l"`, "filter_chains[1]", "mixing"}},
 		{"duplicate chains", mod(func(l *listenerv3.Listener) {
 			l.FilterChains = append(l.FilterChains, proto.Clone(l.FilterChains[0]).(*listenerv3.FilterChain))
 		}), []string{`listener "l"`, "same filter_chain_match"}},
@@ -277,5 +283,46 @@ func TestFilterChainMatch(t *testing.T) {
 		if got := getFrom(t, "127.0.0.1", dst, port); got != "" {
 			t.Fatalf("→ %s: an unmatched connection was served by %q", dst, got)
 		}
+	}
+}
+
+// tcp_proxy chains are selected per connection too: by destination IP here,
+// each chain to its own upstream, and a connection no chain matches closed.
+func TestTCPFilterChainMatch(t *testing.T) {
+	a, b := mt.StartUpstream(t, "a"), mt.StartUpstream(t, "b")
+	port := mt.FreePort(t)
+	px := server.New(server.Options{Metrics: stats.New(nil), DrainTimeout: time.Second})
+	defer px.Shutdown(context.Background())
+	tcpChain := func(cluster string, fm *listenerv3.FilterChainMatch) *listenerv3.FilterChain {
+		tp, _ := anypb.New(&tcpv3.TcpProxy{StatPrefix: cluster, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster}})
+		return &listenerv3.FilterChain{FilterChainMatch: fm, Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tp}}}}
+	}
+	res := xds.NewResources()
+	res.Clusters["a"] = mt.StaticCluster("a", mt.EP{U: a})
+	res.Clusters["b"] = mt.StaticCluster("b", mt.EP{U: b})
+	res.Listeners["tcp"] = &listenerv3.Listener{Name: "tcp", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}},
+		FilterChains: []*listenerv3.FilterChain{
+			tcpChain("a", &listenerv3.FilterChainMatch{PrefixRanges: []*corev3.CidrRange{cidr("127.0.0.2", 32)}}),
+			tcpChain("b", &listenerv3.FilterChainMatch{PrefixRanges: []*corev3.CidrRange{cidr("127.0.0.3", 32)}}),
+		}}
+	if err := px.Apply(context.Background(), res); err != nil {
+		t.Fatal(err)
+	}
+	upstreamVia := func(dst string) string {
+		cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		r, err := cl.Get(fmt.Sprintf("http://%s:%d/", dst, port))
+		if err != nil {
+			return ""
+		}
+		r.Body.Close()
+		return r.Header.Get("X-Upstream")
+	}
+	mt.Eventually(t, "tcp chain a", func() bool { return upstreamVia("127.0.0.2") == "a" })
+	if got := upstreamVia("127.0.0.3"); got != "b" {
+		t.Fatalf("→ 127.0.0.3 reached %q, want b", got)
+	}
+	if got := upstreamVia("127.0.0.1"); got != "" {
+		t.Fatalf("an unmatched TCP connection reached %q", got)
 	}
 }
