@@ -141,7 +141,10 @@ func Exec(ctx context.Context, spec Spec, args []string, stdout, stderr io.Write
 		var ln net.Listener
 		var err error
 		if spec.AdminListener != nil {
-			ln, err = spec.AdminListener(fs, env.adminAddr)
+			if ln, err = spec.AdminListener(fs, env.adminAddr); err != nil {
+				fmt.Fprintf(stderr, "%s: %v\n", spec.Name, err)
+				return ExitUsage
+			}
 		}
 		if ln == nil && err == nil {
 			ln, err = net.Listen("tcp", env.adminAddr)

@@ -98,10 +98,14 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"--admin-addr", "127.0.0.1:0", "--node-id", "n", "--xds-addr", "nope"},
 		{"--admin-addr", "127.0.0.1:0", "--node-id", "n", "--xds-addr", "127.0.0.1:1", "--role", "gateway"},
 		{"--admin-addr", "127.0.0.1:0", "--bootstrap", "/nonexistent.yaml"},
+		{"--admin-addr", "127.0.0.1:0", "--node-id", "n", "--xds-addr", "127.0.0.1:1", "--restart-from", "/nonexistent/proxy.sock"},
 	} {
 		p := start(t, bin, args...)
 		if code := p.wait(t, 20*time.Second); code != 2 {
 			t.Errorf("%v: exit %d, want 2; output:\n%s", args, code, p.output())
+		}
+		if args[len(args)-2] == "--restart-from" && !strings.Contains(p.output(), "--restart-from /nonexistent/proxy.sock") {
+			t.Errorf("the hot restart error should name the flag and path:\n%s", p.output())
 		}
 	}
 }
