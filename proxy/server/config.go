@@ -87,9 +87,9 @@ func compileListener(l *listenerv3.Listener, m *stats.Metrics, factories map[str
 	}
 	// Features we cannot honour are refused rather than silently served
 	// as something else (Envoy would apply them).
-	for i, lf := range l.GetListenerFilters() {
-		return nil, fmt.Errorf("listener %q: listener_filters[%d] %q (%s): listener filters are not supported (no TLS/HTTP inspection, original_dst or proxy_protocol)",
-			name, i, lf.GetName(), lf.GetTypedConfig().GetTypeUrl())
+	if lfs := l.GetListenerFilters(); len(lfs) > 0 {
+		return nil, fmt.Errorf("listener %q: listener_filters[0] %q (%s): listener filters are not supported (no TLS/HTTP inspection, original_dst or proxy_protocol)",
+			name, lfs[0].GetName(), lfs[0].GetTypedConfig().GetTypeUrl())
 	}
 	if l.GetUseOriginalDst().GetValue() {
 		return nil, fmt.Errorf("listener %q: use_original_dst is not supported", name)
