@@ -2,8 +2,10 @@ package server
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +14,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sidemesh/sidemesh/proxy/route"
 	"github.com/sidemesh/sidemesh/proxy/stats"
@@ -76,7 +79,7 @@ type tcpConfig struct {
 
 const routerType = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
-func compileListener(l *listenerv3.Listener, m *stats.Metrics, factories map[string]FilterFactory) (*listenerConfig, error) {
+func compileListener(l *listenerv3.Listener, m *stats.Metrics, fr filterReg) (*listenerConfig, error) {
 	name := l.GetName()
 	sa := l.GetAddress().GetSocketAddress()
 	if sa == nil {
@@ -106,7 +109,7 @@ func compileListener(l *listenerv3.Listener, m *stats.Metrics, factories map[str
 	}
 	kind := -1
 	compile := func(field string, fc *listenerv3.FilterChain) (*chainConfig, error) {
-		cc, err := compileChain(fc, m, factories)
+		cc, err := compileChain(fc, m, fr)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %s: %w", name, field, err)
 		}
@@ -160,7 +163,7 @@ func compileListener(l *listenerv3.Listener, m *stats.Metrics, factories map[str
 
 // compileChain compiles a filter chain's network filters: zero or more
 // (none supported today) followed by one terminal filter, as Envoy requires.
-func compileChain(fc *listenerv3.FilterChain, m *stats.Metrics, factories map[string]FilterFactory) (*chainConfig, error) {
+func compileChain(fc *listenerv3.FilterChain, m *stats.Metrics, fr filterReg) (*chainConfig, error) {
 	if ts := fc.GetTransportSocket(); ts != nil {
 		return nil, fmt.Errorf("transport_socket %q (%s): TLS and other transport sockets are not supported", ts.GetName(), ts.GetTypedConfig().GetTypeUrl())
 	}
@@ -183,7 +186,7 @@ func compileChain(fc *listenerv3.FilterChain, m *stats.Metrics, factories map[st
 			if err := tc.UnmarshalTo(&h); err != nil {
 				return nil, fmt.Errorf("filters[%d] %q: %w", i, f.GetName(), err)
 			}
-			hc, err := compileHCM(&h, m, factories)
+			hc, err := compileHCM(&h, m, fr)
 			if err != nil {
 				return nil, fmt.Errorf("filters[%d] %q http_connection_manager: %w", i, f.GetName(), err)
 			}
@@ -220,7 +223,7 @@ func compileChain(fc *listenerv3.FilterChain, m *stats.Metrics, factories map[st
 	return cc, nil
 }
 
-func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, factories map[string]FilterFactory) (*hcmConfig, error) {
+func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, fr filterReg) (*hcmConfig, error) {
 	hc := &hcmConfig{statPrefix: h.GetStatPrefix(), stats: m.HTTP(h.GetStatPrefix()), useRemote: h.GetUseRemoteAddress().GetValue(),
 		skipXFF: h.GetSkipXffAppend(), genReqID: true, proto: h, idleTimeout: time.Hour}
 	if g := h.GetGenerateRequestId(); g != nil {
@@ -236,7 +239,7 @@ func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, factories map[
 		}
 		hc.rdsName = rs.Rds.GetRouteConfigName()
 	case *hcmv3.HttpConnectionManager_RouteConfig:
-		t, err := compileTable(rs.RouteConfig, m)
+		t, err := compileTable(rs.RouteConfig, m, fr)
 		if err != nil {
 			return nil, fmt.Errorf("route_config: %w", err)
 		}
@@ -276,7 +279,7 @@ func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, factories map[
 			hc.filters = append(hc.filters, f.GetName())
 			continue
 		}
-		fac := factories[tu]
+		fac := fr.factories[tu]
 		if fac == nil {
 			if f.GetIsOptional() {
 				continue
@@ -308,8 +311,65 @@ func compileHCM(h *hcmv3.HttpConnectionManager, m *stats.Metrics, factories map[
 	return hc, nil
 }
 
+// filterReg is what the proxy implements of HTTP filters: factories by
+// filter type, and the extra per-route config types the filters read.
+type filterReg struct {
+	factories map[string]FilterFactory
+	perRoute  map[string]bool
+}
+
+const filterConfigType = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+
+// checkPerFilter applies Envoy's rule to typed_per_filter_config: a config
+// whose type no filter implements rejects the route config, unless it is
+// wrapped in a FilterConfig marked is_optional.
+func (fr filterReg) checkPerFilter(where string, pfc map[string]*anypb.Any) error {
+	for _, name := range slices.Sorted(maps.Keys(pfc)) {
+		a := pfc[name]
+		tu := a.GetTypeUrl()
+		optional := false
+		if tu == filterConfigType {
+			var fc routev3.FilterConfig
+			if err := a.UnmarshalTo(&fc); err != nil {
+				return fmt.Errorf("%styped_per_filter_config[%q]: %w", where, name, err)
+			}
+			optional, tu = fc.GetIsOptional(), fc.GetConfig().GetTypeUrl()
+		}
+		if fr.factories[tu] != nil || fr.perRoute[tu] || optional {
+			continue
+		}
+		return fmt.Errorf("%styped_per_filter_config[%q]: no filter implementation registered for type %s (wrap it in a FilterConfig with is_optional to skip it)", where, name, tu)
+	}
+	return nil
+}
+
+// checkRouteFilterConfigs checks every typed_per_filter_config of rc.
+func (fr filterReg) checkRouteFilterConfigs(rc *routev3.RouteConfiguration) error {
+	for i, vh := range rc.GetVirtualHosts() {
+		at := fmt.Sprintf("route_config %q: virtual_hosts[%d] %q: ", rc.GetName(), i, vh.GetName())
+		if err := fr.checkPerFilter(at, vh.GetTypedPerFilterConfig()); err != nil {
+			return err
+		}
+		for j, rt := range vh.GetRoutes() {
+			rat := fmt.Sprintf("%sroutes[%d] %q: ", at, j, rt.GetName())
+			if err := fr.checkPerFilter(rat, rt.GetTypedPerFilterConfig()); err != nil {
+				return err
+			}
+			for k, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
+				if err := fr.checkPerFilter(fmt.Sprintf("%sweighted_clusters[%d] %q: ", rat, k, wc.GetName()), wc.GetTypedPerFilterConfig()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // compileTable compiles a route table and attaches per-route stats.
-func compileTable(rc *routev3.RouteConfiguration, m *stats.Metrics) (*route.Table, error) {
+func compileTable(rc *routev3.RouteConfiguration, m *stats.Metrics, fr filterReg) (*route.Table, error) {
+	if err := fr.checkRouteFilterConfigs(rc); err != nil {
+		return nil, err
+	}
 	t, err := route.Compile(rc)
 	if err != nil {
 		return nil, err

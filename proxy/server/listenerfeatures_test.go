@@ -326,3 +326,59 @@ func TestTCPFilterChainMatch(t *testing.T) {
 		t.Fatalf("an unmatched TCP connection reached %q", got)
 	}
 }
+
+// typed_per_filter_config follows the same rule as filters: a type no
+// filter implements rejects the route config (the last good one serves),
+// unless wrapped in a FilterConfig marked is_optional.
+func TestUnimplementedPerFilterConfigRejected(t *testing.T) {
+	up := mt.StartUpstream(t, "up")
+	port := mt.FreePort(t)
+	const corsType = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+	const rlPerRoute = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute"
+	px := server.New(server.Options{Metrics: stats.New(nil), DrainTimeout: time.Second, PerRouteTypes: []string{rlPerRoute},
+		Filters: map[string]server.FilterFactory{faultType: func(string, *anypb.Any) (func(http.Handler) http.Handler, error) {
+			return func(h http.Handler) http.Handler { return h }, nil
+		}}})
+	defer px.Shutdown(context.Background())
+	res := xds.NewResources()
+	res.Listeners["l"] = mt.Listener("l", port, "r")
+	res.Routes["r"] = mt.RouteConfig("r", mt.RouteTo("/", "svc"))
+	res.Clusters["svc"] = mt.StaticCluster("svc", mt.EP{U: up})
+	if err := px.Apply(context.Background(), res); err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	mt.Eventually(t, "serving", func() bool { code, _, _ := mt.Get(t, base, nil); return code == 200 })
+
+	wrap := func(inner *anypb.Any, optional bool) *anypb.Any {
+		a, _ := anypb.New(&routev3.FilterConfig{Config: inner, IsOptional: optional})
+		return a
+	}
+	for _, c := range []struct {
+		name string
+		pfc  map[string]*anypb.Any
+		want string // "" = accepted
+	}{
+		{"unknown type", map[string]*anypb.Any{"envoy.filters.http.cors": anyOfType(corsType)},
+			`route_config "r": virtual_hosts[0] "all": routes[0] "/": typed_per_filter_config["envoy.filters.http.cors"]: no filter implementation registered for type ` + corsType},
+		{"wrapped, not optional", map[string]*anypb.Any{"envoy.filters.http.cors": wrap(anyOfType(corsType), false)}, "typed_per_filter_config"},
+		{"wrapped, optional", map[string]*anypb.Any{"envoy.filters.http.cors": wrap(anyOfType(corsType), true)}, ""},
+		{"a registered filter's type", map[string]*anypb.Any{"envoy.filters.http.fault": anyOfType(faultType)}, ""},
+		{"a declared per-route type", map[string]*anypb.Any{"envoy.filters.http.ratelimit": anyOfType(rlPerRoute)}, ""},
+	} {
+		rc := mt.RouteConfig("r", mt.RouteTo("/", "svc"))
+		rc.VirtualHosts[0].Routes[0].TypedPerFilterConfig = c.pfc
+		next := *res
+		next.Routes = map[string]*routev3.RouteConfiguration{"r": rc}
+		err := px.Apply(context.Background(), &next)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: rejected: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+		}
+		if code, _, _ := mt.Get(t, base, nil); code != 200 {
+			t.Fatalf("%s: not serving: %d", c.name, code)
+		}
+	}
+}

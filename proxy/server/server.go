@@ -34,6 +34,10 @@ type Options struct {
 	// Filters builds HTTP filters by typed_config type URL (the rate-limit,
 	// fault and local rate-limit filters of issue 7 plug in here).
 	Filters map[string]FilterFactory
+	// PerRouteTypes lists the typed_per_filter_config types the filters
+	// read besides their own filter types (e.g. RateLimitPerRoute). Any
+	// other type NACKs the route config unless marked optional (Envoy).
+	PerRouteTypes []string
 }
 
 // Snapshot is one immutable generation of routing state.
@@ -90,7 +94,7 @@ func (p *Proxy) Apply(ctx context.Context, r *xds.Resources) error {
 	ns := &Snapshot{Routes: map[string]*route.Table{}, Clusters: map[string]*cluster.Cluster{}, Resources: r, Applied: time.Now()}
 	var errs []error
 	for _, name := range sortedNames(r.Routes) {
-		t, err := compileTable(r.Routes[name], p.opt.Metrics)
+		t, err := compileTable(r.Routes[name], p.opt.Metrics, p.filterReg())
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -100,7 +104,7 @@ func (p *Proxy) Apply(ctx context.Context, r *xds.Resources) error {
 	lcs := map[string]*listenerConfig{}
 	addrs := map[string]string{}
 	for _, name := range sortedNames(r.Listeners) {
-		lc, err := compileListener(r.Listeners[name], p.opt.Metrics, p.opt.Filters)
+		lc, err := compileListener(r.Listeners[name], p.opt.Metrics, p.filterReg())
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -264,4 +268,12 @@ func (p *Proxy) warm(old, ns *Snapshot, r *xds.Resources) {
 			}
 		}
 	}
+}
+
+func (p *Proxy) filterReg() filterReg {
+	fr := filterReg{factories: p.opt.Filters, perRoute: map[string]bool{}}
+	for _, t := range p.opt.PerRouteTypes {
+		fr.perRoute[t] = true
+	}
+	return fr
 }

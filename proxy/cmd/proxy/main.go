@@ -149,7 +149,9 @@ func run(ctx context.Context, env *app.Env) error {
 	ff := &fault.Factory{RouteOf: func(r *http.Request) (*routev3.Route, string) { _, rt, c, _ := routeOf(r); return rt, c }}
 	lf := &localratelimit.Factory{RouteOf: func(r *http.Request) *routev3.Route { _, rt, _, _ := routeOf(r); return rt }}
 	filters := map[string]server.FilterFactory{ratelimit.TypeURL: rlf.Build, fault.TypeURL: ff.Build, localratelimit.TypeURL: lf.Build}
-	px = server.New(server.Options{Filters: filters, Log: env.Log, Metrics: m, DrainTimeout: env.DrainTimeout(), AccessLog: accessLog, Inherited: inherited})
+	// Per-route config types the filters read besides their filter types.
+	perRoute := []string{"type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute"}
+	px = server.New(server.Options{Filters: filters, PerRouteTypes: perRoute, Log: env.Log, Metrics: m, DrainTimeout: env.DrainTimeout(), AccessLog: accessLog, Inherited: inherited})
 	xc := xds.New(xds.Config{Addr: bc.XDSAddr, Node: bc.Node, SotW: bc.SotW, Log: env.Log,
 		OnResult: func(typ string, err error) {
 			if err != nil {
