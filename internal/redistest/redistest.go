@@ -20,9 +20,10 @@ import (
 
 // Server is one private redis-server process.
 type Server struct {
-	Port int
-	dir  string
-	bin  string
+	Port  int
+	dir   string
+	bin   string
+	extra []string // more redis-server arguments (e.g. --replicaof)
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -57,8 +58,22 @@ func Start(tb testing.TB) *Server {
 	return s
 }
 
+// StartWith is Start with more redis-server arguments, e.g.
+// "--replicaof", "127.0.0.1", "6390" for a replica.
+func StartWith(tb testing.TB, args ...string) *Server {
+	tb.Helper()
+	s, err := startProcess(args)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
+
 // StartProcess starts a server; the caller must Stop it (use from TestMain).
-func StartProcess() (*Server, error) {
+func StartProcess() (*Server, error) { return startProcess(nil) }
+
+func startProcess(extra []string) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -67,7 +82,7 @@ func StartProcess() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("temp dir: %w", err)
 	}
-	s := &Server{dir: dir, bin: bin}
+	s := &Server{dir: dir, bin: bin, extra: extra}
 	var last error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort()
@@ -93,10 +108,11 @@ func freePort() (int, error) {
 }
 
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
+	args := append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(s.Port),
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no")
+		"--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no"}, s.extra...)
+	cmd := exec.Command(s.bin, args...)
 	// Die with the test binary even if it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
