@@ -43,8 +43,11 @@ type Controller struct {
 	// replace the endpoints of same-named model services at translation.
 	discovered k8ssource.Snapshot
 	status     Status
-	reloads    *prometheus.CounterVec
-	lastGood   prometheus.Gauge
+	// readFP fingerprints the model input Load last read (parsed or not),
+	// so Watch can tell whether the file changed before it was watching.
+	readFP   string
+	reloads  *prometheus.CounterVec
+	lastGood prometheus.Gauge
 }
 
 // Status is what /model shows.
@@ -76,7 +79,14 @@ func New(path string, debounce time.Duration, log *slog.Logger, apply Applier, r
 // Load reads the model and serves it; on error the last good model (if any)
 // stays served and the error is kept for /model.
 func (c *Controller) Load(ctx context.Context) error {
-	m, err := model.Load(c.path)
+	var m *model.Mesh
+	srcs, err := model.Read(c.path)
+	if err == nil {
+		c.mu.Lock()
+		c.readFP = model.Fingerprint(srcs)
+		c.mu.Unlock()
+		m, err = model.Parse(srcs...)
+	}
 	if err == nil {
 		c.mu.Lock()
 		err = c.serve(ctx, m, c.health)
@@ -198,6 +208,13 @@ func (c *Controller) Watch(ctx context.Context) error {
 	}
 	var timer *time.Timer
 	var fire <-chan time.Time
+	// A write between the last Load and Add raised no event: reload now if
+	// the input is not what Load last read.
+	if c.changedSinceLoad() {
+		c.log.Info("model changed before the watch started; reloading", "path", c.path)
+		timer = time.NewTimer(0)
+		fire = timer.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -229,6 +246,19 @@ func (c *Controller) Watch(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// changedSinceLoad reports whether the model input differs from what Load
+// last read (an unreadable input counts as changed: Load reports why).
+func (c *Controller) changedSinceLoad() bool {
+	srcs, err := model.Read(c.path)
+	fp := ""
+	if err == nil {
+		fp = model.Fingerprint(srcs)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fp == "" || fp != c.readFP
 }
 
 // isConfigMapSwap: Kubernetes updates a mounted ConfigMap by swapping the

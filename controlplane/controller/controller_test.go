@@ -160,3 +160,17 @@ func TestHealthFeedDrainsUnhealthyEndpoint(t *testing.T) {
 		return err == nil && p == b
 	})
 }
+
+// A write after the initial Load but before Watch has added its fsnotify
+// watch raises no event; Watch must still pick it up.
+func TestWriteBeforeWatchIsNotLost(t *testing.T) {
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
+	r := start(t, svcModel(a))
+	r.write(svcModel(b)) // the model changes before anyone watches
+	go func() { _ = r.ctl.Watch(r.ctx) }()
+	cc := xdstest.Client(t, r.addr, "race-client", "svc")
+	xdstest.Eventually(t, "traffic to reach the endpoint written before the watch", func() bool {
+		p, err := xdstest.Call(r.ctx, cc)
+		return err == nil && p == b
+	})
+}

@@ -2,6 +2,8 @@ package model
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +49,16 @@ const maxFileSize = 64 << 20
 // Load reads a model from a YAML file, or from every *.yaml/*.yml file of a
 // directory (merged in name order), and validates it.
 func Load(path string) (*Mesh, error) {
+	srcs, err := Read(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(srcs...)
+}
+
+// Read returns the sources Load would parse: the file, or every
+// *.yaml/*.yml file of the directory in name order.
+func Read(path string) ([]Source, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("model: %w", err)
@@ -77,7 +89,18 @@ func Load(path string) (*Mesh, error) {
 		}
 		srcs = append(srcs, Source{Name: f, Data: data})
 	}
-	return Parse(srcs...)
+	return srcs, nil
+}
+
+// Fingerprint is a content hash of sources (names and bytes): equal
+// fingerprints mean Parse sees the same input.
+func Fingerprint(srcs []Source) string {
+	h := sha256.New()
+	for _, s := range srcs {
+		fmt.Fprintf(h, "%s\x00%d\x00", s.Name, len(s.Data))
+		h.Write(s.Data)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func readLimited(path string) ([]byte, error) {
