@@ -27,6 +27,7 @@ func Spec() app.Spec {
 			fs.String("target", "127.0.0.1:18081", "RLS gRPC address host:port")
 			harness.AddLoadFlags(fs, 64)
 			fs.Int("conns", 4, "gRPC connections (workers are spread over them)")
+			fs.Bool("batch", false, "send calls as the sidemesh proxy does: batched on one RateLimitBatch stream per connection (falls back to unary against an RLS without it)")
 			fs.String("domain", "sidemesh", "rate limit domain")
 			fs.String("key", "user", "descriptor entry key")
 			fs.String("keys", "unique", "descriptor values: unique (new counter per request), hot (one counter), zipf:N (Zipf s=1.1 over N), N (uniform over N)")
@@ -54,6 +55,7 @@ func run(ctx context.Context, env *app.Env) error {
 		return err
 	}
 	opt.Conns, _ = fs.GetInt("conns")
+	opt.Batch, _ = fs.GetBool("batch")
 	opt.Domain, _ = fs.GetString("domain")
 	opt.Key, _ = fs.GetString("key")
 	opt.Descriptors, _ = fs.GetInt("descriptors")
@@ -94,7 +96,7 @@ func run(ctx context.Context, env *app.Env) error {
 			c.Close()
 		}
 	}()
-	l := New(opt, conns, cfg.Concurrency)
+	l := New(ctx, opt, conns, cfg.Concurrency)
 	res, deltas, err := harness.Measure(ctx, env, "rls", opt.Target, cfg, src, l.Op)
 	if err != nil {
 		return err

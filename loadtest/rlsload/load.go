@@ -21,12 +21,16 @@ import (
 	"github.com/sidemesh/sidemesh/loadtest/report"
 	"github.com/sidemesh/sidemesh/loadtest/runner"
 	"github.com/sidemesh/sidemesh/loadtest/target"
+	"github.com/sidemesh/sidemesh/proxy/ratelimit"
 )
 
 // Options describe an RLS load run.
 type Options struct {
-	Target      string
-	Conns       int
+	Target string
+	Conns  int
+	// Batch sends calls on sidemesh's RateLimitBatch streams, one per
+	// connection, batched as the proxy batches them.
+	Batch       bool
 	Domain      string
 	Key         string
 	Keys        KeyDist
@@ -94,16 +98,21 @@ type admitted struct {
 // Load is a prepared run: one request function plus its bookkeeping.
 type Load struct {
 	opt     Options
-	clients []rlspb.RateLimitServiceClient
+	clients []ratelimit.RLSClient
 	pickers []*Picker
 	track   []map[string]*admitted // per worker, merged after the run
 }
 
-// New prepares a load over conns for concurrency workers.
-func New(opt Options, conns []*grpc.ClientConn, concurrency int) *Load {
+// New prepares a load over conns for concurrency workers; ctx ends the
+// batch streams.
+func New(ctx context.Context, opt Options, conns []*grpc.ClientConn, concurrency int) *Load {
 	l := &Load{opt: opt}
 	for _, c := range conns {
-		l.clients = append(l.clients, rlspb.NewRateLimitServiceClient(c))
+		if opt.Batch {
+			l.clients = append(l.clients, ratelimit.NewBatchClient(ctx, c, ratelimit.BatchOptions{Streams: 1}))
+		} else {
+			l.clients = append(l.clients, rlspb.NewRateLimitServiceClient(c))
+		}
 	}
 	for i := range concurrency {
 		l.pickers = append(l.pickers, opt.Keys.NewPicker(uint64(i)+1))

@@ -102,8 +102,9 @@ func BenchmarkProxyCore(b *testing.B) {
 		b.Fatal(err)
 	}
 	rlsAddr, rlsPID := startRLSProcB(b, bin, dir, redis.URL())
-	plain, limited := startProxyPair(b, rlsAddr)
-	for _, tc := range []struct{ name, url string }{{"filter=off", plain}, {"filter=on", limited}} {
+	plain, limited := startProxyPair(b, rlsAddr, false)
+	_, unary := startProxyPair(b, rlsAddr, true)
+	for _, tc := range []struct{ name, url string }{{"filter=off", plain}, {"filter=batch", limited}, {"filter=unary", unary}} {
 		b.Run(tc.name, func(b *testing.B) {
 			cpu0 := cpuTime(rlsPID)
 			lat := loadHTTP(b, tc.url, 64)

@@ -27,8 +27,9 @@ import (
 
 // startProxyPair runs the proxy core with two listeners on the same
 // routes: one without HTTP filters, one with the rate limit filter calling
-// rlsAddr. It returns both base URLs.
-func startProxyPair(tb testing.TB, rlsAddr string) (plain, limited string) {
+// rlsAddr (on the batch stream, or unary as Envoy does). It returns both
+// base URLs.
+func startProxyPair(tb testing.TB, rlsAddr string, unary bool) (plain, limited string) {
 	_, p, _ := net.SplitHostPort(rlsAddr)
 	rlsPort, _ := strconv.Atoi(p)
 	up := mt.StartUpstream(tb, "api")
@@ -37,7 +38,7 @@ func startProxyPair(tb testing.TB, rlsAddr string) (plain, limited string) {
 	var px *server.Proxy
 	rlf := NewFactory(FactoryOptions{Ctx: ctx,
 		Endpoints: func(cluster string) []string { return px.HostAddrs(cluster) },
-		RouteOf:   server.ResolvedRoute})
+		RouteOf:   server.ResolvedRoute, Unary: unary})
 	px = server.New(server.Options{Metrics: stats.New(nil), DrainTimeout: time.Second,
 		Filters: map[string]server.FilterFactory{TypeURL: rlf.Build}})
 	tb.Cleanup(func() { px.Shutdown(context.Background()) })

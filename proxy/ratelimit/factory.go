@@ -42,6 +42,11 @@ type FactoryOptions struct {
 	LocalCluster string
 	Registerer   prometheus.Registerer
 	Log          *slog.Logger
+	// Unary turns off sidemesh's batch stream: every request is one unary
+	// ShouldRateLimit, exactly as Envoy calls RLS.
+	Unary bool
+	// Batch tunes the batch stream (ignored with Unary).
+	Batch BatchOptions
 }
 
 // Factory builds filters from typed_config and shares one RLS connection
@@ -160,7 +165,14 @@ func (fa *Factory) client(cluster string) (RLSClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &rlsConn{fa: fa, cluster: cluster, r: r, RateLimitServiceClient: rlsv3.NewRateLimitServiceClient(conn)}
+	c := &rlsConn{fa: fa, cluster: cluster, r: r, RLSClient: rlsv3.NewRateLimitServiceClient(conn)}
+	if !fa.o.Unary {
+		bo := fa.o.Batch
+		if bo.Log == nil {
+			bo.Log = fa.o.Log.With("rls_cluster", cluster)
+		}
+		c.RLSClient = NewBatchClient(fa.o.Ctx, conn, bo)
+	}
 	c.refresh()
 	go c.watch(conn)
 	fa.conns[cluster] = c
@@ -169,7 +181,7 @@ func (fa *Factory) client(cluster string) (RLSClient, error) {
 
 // rlsConn is one RLS cluster's shared connection.
 type rlsConn struct {
-	rlsv3.RateLimitServiceClient
+	RLSClient
 	fa      *Factory
 	cluster string
 	r       *manual.Resolver
@@ -184,7 +196,7 @@ func (c *rlsConn) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitReques
 	if c.empty.Load() {
 		c.refresh()
 	}
-	return c.RateLimitServiceClient.ShouldRateLimit(ctx, in, opts...)
+	return c.RLSClient.ShouldRateLimit(ctx, in, opts...)
 }
 
 func (c *rlsConn) refresh() {

@@ -48,6 +48,8 @@ func main() {
 			fs.String("hds-addr", "", "health discovery service address host:port: run the HDS client (default: the bootstrap's hds_config)")
 			fs.String("bootstrap", "", "Envoy-style bootstrap YAML/JSON (node, ads_config, static xds cluster); replaces the node/xds flags")
 			fs.Bool("xds-sotw", false, "use state-of-the-world ADS instead of delta")
+			fs.Bool("rls-unary", false, "call RLS with one unary ShouldRateLimit per request, as Envoy does, instead of sidemesh's batch stream (which falls back to unary by itself against an RLS without it)")
+			fs.Int("rls-batch-streams", 2, "RLS batch streams per RLS cluster (each lands on one endpoint, round robin)")
 			fs.String("access-log", "", "JSON access log: a file path or - for stdout (off when empty)")
 			fs.String("restart-from", "", "hot restart: unix socket of the running proxy to take listeners from")
 			fs.String("restart-socket", "", "hot restart: unix socket this proxy offers its listeners on")
@@ -103,6 +105,11 @@ func run(ctx context.Context, env *app.Env) error {
 	}
 	get := func(n string) string { v, _ := env.Flags.GetString(n); return v }
 	sotw, _ := env.Flags.GetBool("xds-sotw")
+	rlsUnary, _ := env.Flags.GetBool("rls-unary")
+	rlsStreams, _ := env.Flags.GetInt("rls-batch-streams")
+	if rlsStreams < 1 {
+		return app.Usagef("--rls-batch-streams must be at least 1, got %d", rlsStreams)
+	}
 	var bc *bootstrap.Config
 	var err error
 	if path := get("bootstrap"); path != "" {
@@ -145,7 +152,8 @@ func run(ctx context.Context, env *app.Env) error {
 	var px *server.Proxy
 	rlf := ratelimit.NewFactory(ratelimit.FactoryOptions{Ctx: ctx, RouteOf: routeOf, LocalCluster: bc.Node.GetCluster(),
 		Registerer: env.Admin.Registry(), Log: env.Log,
-		Endpoints: func(cluster string) []string { return px.HostAddrs(cluster) }})
+		Endpoints: func(cluster string) []string { return px.HostAddrs(cluster) },
+		Unary:     rlsUnary, Batch: ratelimit.BatchOptions{Streams: rlsStreams}})
 	ff := &fault.Factory{RouteOf: func(r *http.Request) (*routev3.Route, string) { _, rt, c, _ := routeOf(r); return rt, c }}
 	lf := &localratelimit.Factory{RouteOf: func(r *http.Request) *routev3.Route { _, rt, _, _ := routeOf(r); return rt }}
 	filters := map[string]server.FilterFactory{ratelimit.TypeURL: rlf.Build, fault.TypeURL: ff.Build, localratelimit.TypeURL: lf.Build}

@@ -17,6 +17,8 @@ import (
 	"github.com/sidemesh/sidemesh/internal/app"
 	"github.com/sidemesh/sidemesh/internal/grpcserver"
 	"github.com/sidemesh/sidemesh/internal/lifecycle"
+	batchv1 "github.com/sidemesh/sidemesh/proto/ratelimitbatch/v1"
+	"github.com/sidemesh/sidemesh/services/rls/internal/batch"
 	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
 	"github.com/sidemesh/sidemesh/services/rls/internal/redisbackend"
 	"github.com/sidemesh/sidemesh/services/rls/internal/reload"
@@ -179,6 +181,9 @@ func run(ctx context.Context, env *app.Env) error {
 	// default because the extra hand-off measured no better here.
 	gs := grpcserver.New(grpc.NumStreamWorkers(uint32(num("grpc-workers"))))
 	rlsv3.RegisterRateLimitServiceServer(gs, svc)
+	// sidemesh's batch stream (proto/ratelimitbatch): the same answers,
+	// many calls per message; Envoy keeps using the unary RPC.
+	batchv1.RegisterRateLimitBatchServer(gs, batch.New(svc, 0))
 	gs.Health.SetServingStatus(rlsv3.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	env.Log.Info("rls listening", "grpc", ln.Addr().String(), "backend", str("backend"), "rules", str("rules"))
 	return env.Serve(

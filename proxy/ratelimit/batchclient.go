@@ -1,0 +1,319 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	batchv1 "github.com/sidemesh/sidemesh/proto/ratelimitbatch/v1"
+)
+
+// BatchOptions tune the batching client.
+type BatchOptions struct {
+	// Streams is how many RateLimitBatch streams run at once (each lands on
+	// one RLS endpoint, picked round robin). Default 2.
+	Streams int
+	// MaxBatch bounds the calls in one message. Default 256.
+	MaxBatch int
+	// MaxStreamAge: a stream older than this is closed gracefully and
+	// reopened, so streams spread again over endpoints that changed.
+	// Default 1 minute.
+	MaxStreamAge time.Duration
+	// Fallback is how long to use unary ShouldRateLimit after the server
+	// said UNIMPLEMENTED (envoyproxy/ratelimit, older bin/rls) before trying
+	// the stream again. Default 1 minute.
+	Fallback time.Duration
+	Log      *slog.Logger
+}
+
+// BatchClient is an RLSClient that sends calls as batches on sidemesh's
+// RateLimitBatch streams: under load the calls that arrive while one batch
+// is on the wire leave together as the next, with no timer, so a lone call
+// is never delayed. While no stream is up (server without the extension,
+// reconnecting) calls go out as plain unary ShouldRateLimit, so it works
+// against any RLS.
+type BatchClient struct {
+	unary  rlsv3.RateLimitServiceClient
+	stream batchv1.RateLimitBatchClient
+	o      BatchOptions
+	queue  chan *call
+	live   atomic.Int32 // streams that can take calls
+	ids    atomic.Uint64
+	// unaryUntil (unix nanos): after UNIMPLEMENTED, unary until then.
+	unaryUntil atomic.Int64
+	batched    atomic.Uint64
+	batches    atomic.Uint64
+}
+
+type call struct {
+	id   uint64
+	req  []byte
+	done chan callResult // buffered: a late answer never blocks
+}
+
+type callResult struct {
+	resp []byte
+	err  error
+}
+
+// NewBatchClient runs o.Streams stream workers over conn until ctx ends.
+func NewBatchClient(ctx context.Context, conn grpc.ClientConnInterface, o BatchOptions) *BatchClient {
+	if o.Streams <= 0 {
+		o.Streams = 2
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 256
+	}
+	if o.MaxStreamAge <= 0 {
+		o.MaxStreamAge = time.Minute
+	}
+	if o.Fallback <= 0 {
+		o.Fallback = time.Minute
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	c := &BatchClient{
+		unary: rlsv3.NewRateLimitServiceClient(conn), stream: batchv1.NewRateLimitBatchClient(conn),
+		o: o, queue: make(chan *call, 4096),
+	}
+	for range o.Streams {
+		go c.worker(ctx)
+	}
+	return c
+}
+
+// BatchStats: calls sent batched and the messages they went in.
+func (c *BatchClient) BatchStats() (calls, batches uint64) { return c.batched.Load(), c.batches.Load() }
+
+// Streaming reports whether calls currently go on a stream.
+func (c *BatchClient) Streaming() bool { return c.live.Load() > 0 }
+
+// ShouldRateLimit answers exactly as the unary RPC would.
+func (c *BatchClient) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRequest, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {
+	if c.live.Load() == 0 {
+		return c.unary.ShouldRateLimit(ctx, in, opts...)
+	}
+	b, err := proto.Marshal(in)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encoding the rate limit request: %v", err)
+	}
+	cl := &call{id: c.ids.Add(1), req: b, done: make(chan callResult, 1)}
+	select {
+	case c.queue <- cl:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	select {
+	case r := <-cl.done:
+		if r.err != nil {
+			return nil, r.err
+		}
+		resp := &rlsv3.RateLimitResponse{}
+		if err := proto.Unmarshal(r.resp, resp); err != nil {
+			return nil, status.Errorf(codes.Internal, "decoding the rate limit response: %v", err)
+		}
+		return resp, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// worker keeps one stream open, reopening it with jittered backoff; while
+// it has none it answers queued calls by unary RPCs so none wait for it.
+func (c *BatchClient) worker(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		if until := c.unaryUntil.Load(); time.Now().UnixNano() < until {
+			c.serveUnary(ctx, time.Unix(0, until))
+			continue
+		}
+		ok, err := c.runStream(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if status.Code(err) == codes.Unimplemented {
+			c.o.Log.Info("rls has no RateLimitBatch stream; using unary ShouldRateLimit", "retry_in", c.o.Fallback)
+			c.unaryUntil.Store(time.Now().Add(c.o.Fallback).UnixNano())
+			continue
+		}
+		if ok {
+			backoff = 50 * time.Millisecond
+			if err == nil {
+				continue // aged out, reopen at once
+			}
+		}
+		c.o.Log.Debug("rls batch stream ended", "err", err)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(backoff*2, 5*time.Second)
+		c.serveUnary(ctx, time.Now().Add(wait))
+	}
+}
+
+// serveUnary answers queued calls one unary RPC each until deadline.
+func (c *BatchClient) serveUnary(ctx context.Context, deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			return
+		case cl := <-c.queue:
+			go c.unaryCall(ctx, cl)
+		}
+	}
+}
+
+func (c *BatchClient) unaryCall(ctx context.Context, cl *call) {
+	var req rlsv3.RateLimitRequest
+	if err := proto.Unmarshal(cl.req, &req); err != nil {
+		cl.done <- callResult{err: status.Errorf(codes.Internal, "re-decoding a queued request: %v", err)}
+		return
+	}
+	// The caller bounds its own wait; this bound only stops a stuck call.
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := c.unary.ShouldRateLimit(cctx, &req)
+	if err != nil {
+		cl.done <- callResult{err: err}
+		return
+	}
+	b, err := proto.Marshal(resp)
+	cl.done <- callResult{resp: b, err: err}
+}
+
+// runStream serves calls on one stream until it fails or ages out. ok
+// reports that the server accepted the stream (it answered at least once
+// or the stream aged out cleanly).
+func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.stream.Check(sctx)
+	if err != nil {
+		return false, fmt.Errorf("opening the batch stream: %w", err)
+	}
+	var (
+		mu       sync.Mutex
+		pending  = map[uint64]*call{}
+		answered atomic.Bool
+		recvDone = make(chan error, 1)
+	)
+	// failAll answers every outstanding call of this stream with err.
+	failAll := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for id, cl := range pending {
+			cl.done <- callResult{err: err}
+			delete(pending, id)
+		}
+	}
+	// abort ends the stream on err. A server without the extension says
+	// UNIMPLEMENTED before any answer: what the stream took is replayed as
+	// unary calls, so probing it loses nothing.
+	abort := func(err error) (bool, error) {
+		if status.Code(err) == codes.Unimplemented && !answered.Load() {
+			mu.Lock()
+			for id, cl := range pending {
+				delete(pending, id)
+				go c.unaryCall(ctx, cl)
+			}
+			mu.Unlock()
+			return false, err
+		}
+		failAll(status.Errorf(codes.Unavailable, "rls batch stream: %v", err))
+		return answered.Load(), err
+	}
+	go func() {
+		for {
+			a, err := st.Recv()
+			if err != nil {
+				recvDone <- err
+				return
+			}
+			answered.Store(true)
+			mu.Lock()
+			for _, an := range a.GetAnswers() {
+				cl, found := pending[an.GetId()]
+				if !found {
+					continue
+				}
+				delete(pending, an.GetId())
+				if an.GetCode() != 0 {
+					cl.done <- callResult{err: status.Error(codes.Code(an.GetCode()), an.GetMessage())}
+				} else {
+					cl.done <- callResult{resp: an.GetResponse()}
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+
+	c.live.Add(1)
+	defer c.live.Add(-1)
+	age := time.NewTimer(c.o.MaxStreamAge)
+	defer age.Stop()
+	msg := &batchv1.Batch{}
+	for {
+		var first *call
+		select {
+		case first = <-c.queue:
+		case err := <-recvDone:
+			return abort(err)
+		case <-age.C:
+			return c.closeStream(st, recvDone, failAll)
+		case <-ctx.Done():
+			failAll(status.FromContextError(ctx.Err()).Err())
+			return answered.Load(), ctx.Err()
+		}
+		msg.Calls = append(msg.Calls[:0], &batchv1.Call{Id: first.id, Request: first.req})
+		mu.Lock()
+		pending[first.id] = first
+	fill:
+		for len(msg.Calls) < c.o.MaxBatch {
+			select {
+			case cl := <-c.queue:
+				pending[cl.id] = cl
+				msg.Calls = append(msg.Calls, &batchv1.Call{Id: cl.id, Request: cl.req})
+			default:
+				break fill
+			}
+		}
+		mu.Unlock()
+		c.batched.Add(uint64(len(msg.Calls)))
+		c.batches.Add(1)
+		if err := st.Send(msg); err != nil {
+			// The real reason comes from Recv.
+			return abort(<-recvDone)
+		}
+	}
+}
+
+// closeStream ends an aged stream: no more sends, every outstanding answer
+// still delivered.
+func (c *BatchClient) closeStream(st grpc.BidiStreamingClient[batchv1.Batch, batchv1.Answers], recvDone <-chan error, failAll func(error)) (bool, error) {
+	if err := st.CloseSend(); err != nil {
+		failAll(status.Errorf(codes.Unavailable, "rls batch stream: %v", err))
+		return true, err
+	}
+	err := <-recvDone
+	if errors.Is(err, io.EOF) {
+		failAll(status.Error(codes.Unavailable, "rls batch stream closed with calls unanswered"))
+		return true, nil
+	}
+	failAll(status.Errorf(codes.Unavailable, "rls batch stream: %v", err))
+	return true, err
+}

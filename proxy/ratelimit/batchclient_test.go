@@ -1,0 +1,182 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rlcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sidemesh/sidemesh/internal/redistest"
+	"github.com/sidemesh/sidemesh/internal/testbin"
+)
+
+func userReq(user string) *rlsv3.RateLimitRequest {
+	return &rlsv3.RateLimitRequest{Domain: "sidemesh", HitsAddend: 1, Descriptors: []*rlcommonv3.RateLimitDescriptor{
+		{Entries: []*rlcommonv3.RateLimitDescriptor_Entry{{Key: "user", Value: user}}}}}
+}
+
+// TestBatchClientExactAcrossReplicas: 64 concurrent callers share two
+// batch streams to two real rls processes on one Redis. A limit of 50 per
+// minute admits exactly 50 of 400 calls, the calls really travel batched,
+// invalid requests get the unary RPC's INVALID_ARGUMENT, and killing one
+// replica under load leaves the client answering through the other.
+func TestBatchClientExactAcrossReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the rls binary")
+	}
+	bin := testbin.Build(t, "./services/rls/cmd/rls")
+	redis := redistest.Start(t)
+	dir := t.TempDir()
+	rules := "domain: sidemesh\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 50}\n"
+	if err := os.WriteFile(filepath.Join(dir, "sidemesh.yaml"), []byte(rules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r1 := startRLSProc(t, bin, dir, redis.URL())
+	r2 := startRLSProc(t, bin, dir, redis.URL())
+	conn, _, err := Dial([]string{r1.grpc, r2.grpc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2})
+	waitUntil(t, "a batch stream", bc.Streaming)
+
+	// burst sends n calls for user over 64 goroutines; it returns how many
+	// were OK, OVER_LIMIT, and failed.
+	burst := func(user string, n int) (ok, over, failed int) {
+		var o, v, f atomic.Int64
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for next.Add(1) <= int64(n) {
+					cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					resp, err := bc.ShouldRateLimit(cctx, userReq(user))
+					cancel()
+					switch {
+					case err != nil:
+						f.Add(1)
+					case resp.GetOverallCode() == rlsv3.RateLimitResponse_OK:
+						o.Add(1)
+					default:
+						v.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return int(o.Load()), int(v.Load()), int(f.Load())
+	}
+	calls0, batches0 := bc.BatchStats()
+	user := fmt.Sprintf("u%d", time.Now().UnixNano())
+	ok, over, failed := burst(user, 400)
+	if ok != 50 || failed != 0 {
+		// A minute boundary inside the burst starts a new window; once more.
+		user += "b"
+		ok, over, failed = burst(user, 400)
+	}
+	if ok != 50 || over != 350 || failed != 0 {
+		t.Fatalf("ok %d over %d failed %d, want exactly 50 / 350 / 0", ok, over, failed)
+	}
+	calls, batches := bc.BatchStats()
+	calls, batches = calls-calls0, batches-batches0
+	if calls < 400 || batches >= calls {
+		t.Fatalf("%d calls went in %d stream messages: want every call streamed, several per message", calls, batches)
+	}
+	t.Logf("%d calls in %d messages (%.1f per message)", calls, batches, float64(calls)/float64(batches))
+
+	// A bad request is answered per call, as the unary RPC answers it.
+	_, err = bc.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{Domain: "sidemesh"})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("empty descriptors: %v, want InvalidArgument", err)
+	}
+
+	// One replica dies under load: calls keep being answered (a few in
+	// flight at the kill may fail: the filter's failure mode covers them).
+	stop := make(chan struct{})
+	var afterKill atomic.Int64
+	var killed atomic.Bool
+	var loadWG sync.WaitGroup
+	for w := range 16 {
+		loadWG.Add(1)
+		go func() {
+			defer loadWG.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_, err := bc.ShouldRateLimit(cctx, userReq(fmt.Sprintf("k%d-%d", w, i)))
+				cancel()
+				if err == nil && killed.Load() {
+					afterKill.Add(1)
+				}
+			}
+		}()
+	}
+	_ = r1.cmd.Process.Kill()
+	<-r1.exited
+	killed.Store(true)
+	waitUntil(t, "calls answered after one replica died", func() bool { return afterKill.Load() > 200 })
+	close(stop)
+	loadWG.Wait()
+	if !bc.Streaming() {
+		t.Fatal("no batch stream after one replica died; the other is up")
+	}
+}
+
+// TestBatchClientFallsBackToUnary: against an RLS without the batch
+// extension (here an in-test unary-only RateLimitService standing in for
+// envoyproxy/ratelimit, which cannot run on this machine) every call is
+// answered, none lost to the probe, and the client settles on unary.
+func TestBatchClientFallsBackToUnary(t *testing.T) {
+	fake, addr, _ := startFakeRLS(t, 1000)
+	conn, _, err := Dial([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2})
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				resp, err := bc.ShouldRateLimit(cctx, userReq(fmt.Sprintf("w%d-%d", w, i)))
+				cancel()
+				if err != nil || resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+					failed.Add(1)
+					t.Errorf("call: %v %v", resp.GetOverallCode(), err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() != 0 || fake.calls() != 320 {
+		t.Fatalf("%d failed, the server saw %d calls; want 0 and 320", failed.Load(), fake.calls())
+	}
+	waitUntil(t, "unary fallback", func() bool { return !bc.Streaming() && bc.unaryUntil.Load() > 0 })
+	if calls, _ := bc.BatchStats(); calls > 320 {
+		t.Fatalf("%d calls went on streams, more than were made", calls)
+	}
+}

@@ -1,0 +1,152 @@
+// Package batch serves sidemesh's RateLimitBatch stream (proto/ratelimitbatch)
+// over any ShouldRateLimit handler: calls arrive in batches on one stream,
+// each is answered exactly as the unary RPC would answer it, and answers
+// that complete together leave together. A proxy that batches pays the
+// HTTP/2 framing, syscalls and handler wake-ups once per batch, which is
+// most of a unary call's cost.
+package batch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	batchv1 "github.com/sidemesh/sidemesh/proto/ratelimitbatch/v1"
+)
+
+// Checker is the unary handler every call is answered by.
+type Checker interface {
+	ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error)
+}
+
+// DefaultMaxInFlight bounds the calls one stream may have outstanding; past
+// it the server stops reading and HTTP/2 flow control pushes back.
+const DefaultMaxInFlight = 4096
+
+// maxAnswers bounds one Answers message.
+const maxAnswers = 512
+
+// Server implements batchv1.RateLimitBatchServer.
+type Server struct {
+	batchv1.UnimplementedRateLimitBatchServer
+	checker     Checker
+	maxInFlight int
+}
+
+// New serves c. maxInFlight ≤ 0 means DefaultMaxInFlight.
+func New(c Checker, maxInFlight int) *Server {
+	if maxInFlight <= 0 {
+		maxInFlight = DefaultMaxInFlight
+	}
+	return &Server{checker: c, maxInFlight: maxInFlight}
+}
+
+// Check answers every call of every batch on the stream until the client
+// closes its side, then returns once every answer is sent.
+func (s *Server) Check(stream grpc.BidiStreamingServer[batchv1.Batch, batchv1.Answers]) error {
+	ctx := stream.Context()
+	out := make(chan *batchv1.Answer, s.maxInFlight)
+	slots := make(chan struct{}, s.maxInFlight)
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- s.send(stream, out, slots) }()
+
+	var wg sync.WaitGroup
+	recvErr := s.receive(ctx, stream, out, slots, &wg)
+	wg.Wait()
+	close(out)
+	err := <-sendErr
+	if recvErr != nil {
+		return recvErr
+	}
+	return err
+}
+
+func (s *Server) receive(ctx context.Context, stream grpc.BidiStreamingServer[batchv1.Batch, batchv1.Answers], out chan<- *batchv1.Answer, slots chan struct{}, wg *sync.WaitGroup) error {
+	for {
+		b, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		// Each call gets its own goroutine, so the backend sees them
+		// concurrently and pipelines them; the receive loop never waits on
+		// the backend.
+		for _, c := range b.GetCalls() {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out <- s.answer(ctx, c)
+			}()
+		}
+	}
+}
+
+// answer runs one call. Failures become the status ShouldRateLimit would
+// have returned.
+func (s *Server) answer(ctx context.Context, c *batchv1.Call) *batchv1.Answer {
+	a := &batchv1.Answer{Id: c.GetId()}
+	var req rlsv3.RateLimitRequest
+	if err := proto.Unmarshal(c.GetRequest(), &req); err != nil {
+		a.Code, a.Message = int32(codes.InvalidArgument), fmt.Sprintf("call %d: request is not a RateLimitRequest: %v", c.GetId(), err)
+		return a
+	}
+	resp, err := s.checker.ShouldRateLimit(ctx, &req)
+	if err != nil {
+		st := status.Convert(err)
+		a.Code, a.Message = int32(st.Code()), st.Message()
+		if st.Code() == codes.OK {
+			a.Code = int32(codes.Unknown)
+		}
+		return a
+	}
+	if a.Response, err = proto.Marshal(resp); err != nil {
+		a.Code, a.Message = int32(codes.Internal), fmt.Sprintf("encoding the response: %v", err)
+	}
+	return a
+}
+
+// send groups the answers that are ready into one message. No timer: while
+// one Send is on the wire the next answers queue up, so batches grow with
+// load and a lone answer leaves at once.
+func (s *Server) send(stream grpc.BidiStreamingServer[batchv1.Batch, batchv1.Answers], out <-chan *batchv1.Answer, slots <-chan struct{}) error {
+	var sendErr error
+	msg := &batchv1.Answers{}
+	for a := range out {
+		msg.Answers = append(msg.Answers[:0], a)
+	fill:
+		for len(msg.Answers) < maxAnswers {
+			select {
+			case more, ok := <-out:
+				if !ok {
+					break fill
+				}
+				msg.Answers = append(msg.Answers, more)
+			default:
+				break fill
+			}
+		}
+		for range msg.Answers {
+			<-slots
+		}
+		if sendErr == nil {
+			// After a failed Send keep draining so no handler blocks.
+			sendErr = stream.Send(msg)
+		}
+	}
+	return sendErr
+}
