@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -131,15 +132,30 @@ type origin struct {
 	index int // index within that file's list
 }
 
-// locator maps merged field paths back to file and line.
+// locator maps merged field paths back to file and line. Lines are only
+// needed for errors, so a file's path -> line map is built on first use.
 type locator struct {
 	origins map[string][]origin       // top-level key -> merged index -> origin
-	lines   map[string]map[string]int // file -> path -> line
+	roots   map[string]*yaml.Node     // file -> its YAML tree
+	lines   map[string]map[string]int // file -> path -> line, built lazily
+}
+
+// fileLines maps field paths to lines in one file.
+func (l *locator) fileLines(file string) map[string]int {
+	if lines, ok := l.lines[file]; ok {
+		return lines
+	}
+	lines := map[string]int{}
+	if root := l.roots[file]; root != nil && len(root.Content) > 0 {
+		walk(root.Content[0], "", lines)
+	}
+	l.lines[file] = lines
+	return lines
 }
 
 // Parse decodes and validates sources as one model.
 func Parse(srcs ...Source) (*Mesh, error) {
-	loc := &locator{origins: map[string][]origin{}, lines: map[string]map[string]int{}}
+	loc := &locator{origins: map[string][]origin{}, roots: map[string]*yaml.Node{}, lines: map[string]map[string]int{}}
 	merged := &Mesh{}
 	for _, src := range srcs {
 		m, err := decode(src, loc)
@@ -148,7 +164,7 @@ func Parse(srcs ...Source) (*Mesh, error) {
 		}
 		if m.RateLimitService != nil {
 			if merged.RateLimitService != nil {
-				return nil, &Error{File: src.Name, Line: loc.lines[src.Name]["rate_limit_service"], Field: "rate_limit_service", Reason: "set in more than one file"}
+				return nil, &Error{File: src.Name, Line: loc.fileLines(src.Name)["rate_limit_service"], Field: "rate_limit_service", Reason: "set in more than one file"}
 			}
 			merged.RateLimitService = m.RateLimitService
 			loc.origins["rate_limit_service"] = []origin{{file: src.Name}}
@@ -180,23 +196,17 @@ func Parse(srcs ...Source) (*Mesh, error) {
 
 var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
 
+// decode parses one source once: the YAML tree is checked for unknown
+// fields (as a strict decoder would), decoded, and kept for locating errors.
+// Parsing dominates the cost of a reload, so it is not done twice.
 func decode(src Source, loc *locator) (*Mesh, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(src.Data, &root); err != nil {
-		return nil, yamlError(src.Name, err)
-	}
-	lines := map[string]int{}
-	if len(root.Content) > 0 {
-		walk(root.Content[0], "", lines)
-	}
-	loc.lines[src.Name] = lines
 	m := &Mesh{}
-	if len(bytes.TrimSpace(src.Data)) == 0 {
-		return m, nil
-	}
+	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(src.Data))
-	dec.KnownFields(true)
-	if err := dec.Decode(m); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return m, nil // empty, or comments only
+		}
 		return nil, yamlError(src.Name, err)
 	}
 	// A second document would be silently ignored; refuse it instead.
@@ -204,7 +214,116 @@ func decode(src Source, loc *locator) (*Mesh, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, &Error{File: src.Name, Line: extra.Line, Reason: "more than one YAML document; put one model per file"}
 	}
+	loc.roots[src.Name] = &root
+	var unknown []string
+	if len(root.Content) > 0 {
+		unknown = knownFields(root.Content[0], reflect.TypeOf(m).Elem(), nil, 0)
+	}
+	err := root.Decode(m)
+	var te *yaml.TypeError
+	if err != nil && !errors.As(err, &te) {
+		return nil, yamlError(src.Name, err)
+	}
+	if len(unknown) > 0 || te != nil {
+		if te != nil {
+			unknown = append(unknown, te.Errors...)
+		}
+		sort.SliceStable(unknown, func(i, j int) bool { return msgLine(unknown[i]) < msgLine(unknown[j]) })
+		return nil, yamlError(src.Name, &yaml.TypeError{Errors: unknown})
+	}
 	return m, nil
+}
+
+// msgLine is the line a yaml.v3 message starts with (0 if none).
+func msgLine(msg string) int {
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	return 0
+}
+
+// knownFields reports mapping keys that name no field of the struct they
+// decode into, worded as yaml.v3's strict decoder words them.
+func knownFields(n *yaml.Node, t reflect.Type, errs []string, depth int) []string {
+	if depth > 100 {
+		return errs // alias cycles: the decoder reports them itself
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.AliasNode {
+		if n.Alias != nil {
+			return knownFields(n.Alias, t, errs, depth+1)
+		}
+		return errs
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			return errs
+		}
+		fields := yamlFields(t)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if isMerge(k) {
+				if v.Kind == yaml.SequenceNode {
+					for _, c := range v.Content {
+						errs = knownFields(c, t, errs, depth+1)
+					}
+				} else {
+					errs = knownFields(v, t, errs, depth+1)
+				}
+				continue
+			}
+			ft, ok := fields[k.Value]
+			if !ok {
+				errs = append(errs, fmt.Sprintf("line %d: field %s not found in type %s", k.Line, k.Value, t))
+				continue
+			}
+			errs = knownFields(v, ft, errs, depth+1)
+		}
+	case reflect.Slice, reflect.Array:
+		if n.Kind == yaml.SequenceNode {
+			for _, c := range n.Content {
+				errs = knownFields(c, t.Elem(), errs, depth+1)
+			}
+		}
+	case reflect.Map:
+		if n.Kind == yaml.MappingNode {
+			for i := 1; i < len(n.Content); i += 2 {
+				errs = knownFields(n.Content[i], t.Elem(), errs, depth+1)
+			}
+		}
+	}
+	return errs
+}
+
+// isMerge: a "<<" merge key, as yaml.v3 recognises it.
+func isMerge(k *yaml.Node) bool {
+	return k.Kind == yaml.ScalarNode && k.Value == "<<" &&
+		(k.Tag == "" || k.Tag == "!" || k.Tag == "!!merge" || k.Tag == "tag:yaml.org,2002:merge")
+}
+
+// yamlFields maps a struct's YAML keys to field types (yaml.v3's rules:
+// the tag's name, else the lowercased field name; "-" skips).
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	out := make(map[string]reflect.Type, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = strings.ToLower(f.Name)
+		}
+		out[name] = f.Type
+	}
+	return out
 }
 
 // yamlError turns yaml.v3's messages into file:line: reason errors.
@@ -267,14 +386,14 @@ func (l *locator) locate(fe fieldError) *Error {
 	} else if top := strings.SplitN(fe.path, ".", 2)[0]; len(l.origins[top]) > 0 {
 		e.File = l.origins[top][0].file
 	}
-	if e.File == "" && len(l.lines) == 1 {
-		for f := range l.lines {
+	if e.File == "" && len(l.roots) == 1 {
+		for f := range l.roots {
 			e.File = f
 		}
 	}
 	// The exact field may be absent (a missing required field): use the
 	// nearest enclosing one that exists.
-	lines := l.lines[e.File]
+	lines := l.fileLines(e.File)
 	for p := filePath; p != ""; p = parent(p) {
 		if n, ok := lines[p]; ok {
 			e.Line = n

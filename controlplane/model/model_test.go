@@ -4,9 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestLoadExample(t *testing.T) {
@@ -131,4 +134,41 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("empty error")
 		}
 	})
+}
+
+// The model is parsed once and checked for unknown fields by walking the
+// YAML tree; the errors must be the ones yaml.v3's strict decoder gives.
+func TestUnknownFieldsMatchStrictDecoder(t *testing.T) {
+	cases := []string{
+		"bogus: 1\nservices: []\n",
+		"services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80, zonee: z}]\n    lb: {policy: ring_hash, hash_on: {header: x, nope: 1}}\n",
+		"services:\n  - name: a\n    endpoints: [{address: 10.0.0.1, port: 80}]\nroutes:\n  - name: r\n    hosts: [a]\n    http:\n      - match: {prefix: /, headers: [{name: x, exact: y, exakt: z}]}\n        route: [{service: a}]\n        headers: {request: {set: {a: b}, sett: {}}}\n",
+		"services:\n  - &s {name: a, endpoints: [{address: 10.0.0.1, port: 80}], nope: 1}\n  - <<: *s\n    name: b\n    also: 2\n",
+		"services:\n  - name: a\n    extra: 1\n    endpoints:\n      - address: 10.0.0.1\n        port: eighty\n",
+		"proxies:\n  - id: p\n    role: sidecar\n    inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2, bogus: 3}\n",
+	}
+	for i, doc := range cases {
+		dec := yaml.NewDecoder(strings.NewReader(doc))
+		dec.KnownFields(true)
+		var strictErr error
+		if err := dec.Decode(&Mesh{}); err != nil {
+			strictErr = yamlError("m.yaml", err)
+		}
+		if strictErr == nil {
+			t.Fatalf("case %d: the strict decoder found nothing wrong", i)
+		}
+		_, err := Parse(Source{Name: "m.yaml", Data: []byte(doc)})
+		if err == nil {
+			t.Fatalf("case %d: no error, strict decoder says %v", i, strictErr)
+		}
+		if got, want := sortedLines(err.Error()), sortedLines(strictErr.Error()); got != want {
+			t.Errorf("case %d:\n got %s\nwant %s", i, got, want)
+		}
+	}
+}
+
+func sortedLines(s string) string {
+	l := strings.Split(s, "\n")
+	sort.Strings(l)
+	return strings.Join(l, "\n")
 }

@@ -253,3 +253,27 @@ func mustBuild(tb testing.TB, yaml string) *translate.Output {
 	}
 	return out
 }
+
+// BenchmarkParse: parsing (and validating) the 500 × 10 model.
+func BenchmarkParse(b *testing.B) {
+	data := []byte(perfModel(500, 10, 0))
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := model.Parse(model.Source{Name: "perf.yaml", Data: data}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTranslate: translating the parsed 500 × 10 model.
+func BenchmarkTranslate(b *testing.B) {
+	m, err := model.Parse(model.Source{Name: "perf.yaml", Data: []byte(perfModel(500, 10, 0))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := translate.Build(m, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -56,6 +57,7 @@ func serveSpec() app.Spec {
 			fs.String("kubernetes-namespace", "", "discover endpoints from Services/EndpointSlices in this namespace (empty: off); routes stay in the model")
 			fs.String("kubeconfig", "", "kubeconfig for --kubernetes-namespace (empty: in-cluster service account)")
 			fs.Duration("reload-debounce", 200*time.Millisecond, "quiet time after a model file change before reloading")
+			fs.Bool("pprof", false, "serve Go profiles under /debug/pprof/ on the admin address")
 		},
 		Run: run,
 	}
@@ -87,6 +89,13 @@ func run(ctx context.Context, env *app.Env) error {
 	srv.Register(g.Server)
 	srv.RegisterAdmin(env.Admin)
 	env.Admin.HandleFunc("GET /model", ctl.ServeStatus)
+	if on, _ := env.Flags.GetBool("pprof"); on {
+		env.Admin.HandleFunc("GET /debug/pprof/", pprof.Index)
+		env.Admin.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		env.Admin.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		env.Admin.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		env.Admin.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	env.Admin.AddReadyCheck("model", ctl.Ready)
 	env.Log.Info("xDS listening", "addr", ln.Addr().String(), "model", path)
 
