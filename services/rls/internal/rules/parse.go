@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 	"gopkg.in/yaml.v3"
 )
 
@@ -105,7 +106,11 @@ func (p *parser) mapping(n *yaml.Node, field string, allowed map[string]bool, fn
 		}
 		seen[k.Value] = true
 		if !allowed[k.Value] {
-			p.errorf(k, field+"."+k.Value, "unknown field (allowed: %s)", keysOf(allowed))
+			hint := ""
+			if allowed["unit"] && descriptorOnly[k.Value] {
+				hint = "; " + k.Value + " belongs on the descriptor, next to rate_limit"
+			}
+			p.errorf(k, field+"."+k.Value, "unknown field (allowed: %s)%s", keysOf(allowed), hint)
 			continue
 		}
 		fn(k.Value, k, v)
@@ -181,7 +186,7 @@ func (p *parser) parseFile(data []byte) (string, *node) {
 		p.errorf(doc.Content[0], "domain", "missing (every rule file needs a domain)")
 	}
 	if descs != nil {
-		p.descriptors(root, descs, "descriptors", "", 0)
+		p.descriptors(root, descs, "descriptors", "", nil)
 	}
 	for _, r := range p.replaces {
 		if !p.names[r.name] {
@@ -193,10 +198,8 @@ func (p *parser) parseFile(data []byte) (string, *node) {
 
 var descriptorKeys = map[string]bool{
 	"key": true, "value": true, "rate_limit": true, "descriptors": true,
-	"shadow_mode": true, "detailed_metric": true,
-	// Newer envoyproxy/ratelimit keys: accepted so its files load unchanged;
-	// value_to_metric and metadata only affect its stats/dynamic metadata.
-	"value_to_metric": true, "metadata": true, "quota_mode": true, "share_threshold": true,
+	"shadow_mode": true, "detailed_metric": true, "quota_mode": true,
+	"value_to_metric": true, "share_threshold": true, "metadata": true,
 }
 
 var rateLimitKeys = map[string]bool{
@@ -205,7 +208,14 @@ var rateLimitKeys = map[string]bool{
 	"algorithm": true, "burst": true,
 }
 
-func (p *parser) descriptors(parent *node, n *yaml.Node, field, path string, depth int) {
+// descriptorOnly are descriptor fields people put inside rate_limit by
+// mistake; the error says where they belong.
+var descriptorOnly = map[string]bool{
+	"shadow_mode": true, "quota_mode": true, "detailed_metric": true,
+	"value_to_metric": true, "share_threshold": true, "metadata": true,
+}
+
+func (p *parser) descriptors(parent *node, n *yaml.Node, field, path string, levels []Level) {
 	n = p.resolve(n)
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return
@@ -214,7 +224,7 @@ func (p *parser) descriptors(parent *node, n *yaml.Node, field, path string, dep
 		p.errorf(n, field, "must be a list of descriptors")
 		return
 	}
-	if depth > 64 {
+	if len(levels) > 64 {
 		p.errorf(n, field, "nested more than 64 levels")
 		return
 	}
@@ -223,14 +233,21 @@ func (p *parser) descriptors(parent *node, n *yaml.Node, field, path string, dep
 			p.errorf(item, field, "file too large (more than %d YAML nodes after aliases)", maxNodes)
 			return
 		}
-		p.descriptor(parent, item, field, path, depth)
+		p.descriptor(parent, item, field, path, levels)
 	}
 }
 
-func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, depth int) {
+// descFlags are a descriptor's boolean options.
+type descFlags struct {
+	shadow, detailed, quota, valueToMetric, share bool
+}
+
+func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, levels []Level) {
 	var key, value string
-	var keySeen, shadow, detailed bool
-	var rl, children *yaml.Node
+	var keySeen bool
+	var fl descFlags
+	var rl, children, shareNode *yaml.Node
+	var md *structpb.Struct
 	item = p.resolve(item)
 	p.mapping(item, field, descriptorKeys, func(name string, k, v *yaml.Node) {
 		switch name {
@@ -243,19 +260,18 @@ func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, d
 		case "descriptors":
 			children = v
 		case "shadow_mode":
-			shadow = p.boolean(v, field+".shadow_mode")
+			fl.shadow = p.boolean(v, field+".shadow_mode")
 		case "detailed_metric":
-			detailed = p.boolean(v, field+".detailed_metric")
+			fl.detailed = p.boolean(v, field+".detailed_metric")
+		case "quota_mode":
+			fl.quota = p.boolean(v, field+".quota_mode")
 		case "value_to_metric":
-			p.boolean(v, field+".value_to_metric")
-		case "quota_mode", "share_threshold":
-			if p.boolean(v, field+"."+name) {
-				p.errorf(v, field+"."+name, "not supported by sidemesh rls (it would change answers silently); remove it or set false")
-			}
+			fl.valueToMetric = p.boolean(v, field+".value_to_metric")
+		case "share_threshold":
+			shareNode = v
+			fl.share = p.boolean(v, field+".share_threshold")
 		case "metadata":
-			if r := p.resolve(v); r.Kind != yaml.MappingNode {
-				p.errorf(v, field+".metadata", "must be a mapping")
-			}
+			md = p.metadata(v, field+".metadata")
 		}
 	})
 	if item == nil || item.Kind != yaml.MappingNode {
@@ -265,8 +281,12 @@ func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, d
 		p.errorf(item, field+".key", "descriptor has an empty or missing key")
 		return
 	}
+	wild := IsWildcard(value)
+	if fl.share && !wild {
+		p.errorf(shareNode, field+".share_threshold", "needs a wildcard value (containing '*') to share one counter among the values it matches; key %q has value %q", key, value)
+	}
 	ek := entryKey{key, value}
-	if parent.children[ek] != nil || hasWildcard(parent, key, value) {
+	if parent.children[ek] != nil {
 		if value == "" {
 			p.errorf(item, field+".key", "duplicate descriptor %q at this level", key)
 		} else {
@@ -281,36 +301,37 @@ func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, d
 	if path != "" {
 		self = path + "." + self
 	}
+	lv := Level{Kind: LevelExact, Key: key, Value: value, ValueToMetric: fl.valueToMetric, Share: fl.share && wild}
+	switch {
+	case value == "":
+		lv.Kind = LevelBare
+	case wild:
+		lv.Kind = LevelWildcard
+	}
+	// Every limit keeps its own copy of the levels above it.
+	mine := append(levels[:len(levels):len(levels)], lv)
 	child := newNode()
 	if rl != nil {
-		child.limit = p.rateLimit(rl, field+".rate_limit", self, shadow, detailed)
+		child.limit = p.rateLimit(rl, field+".rate_limit", self, fl, md, mine)
 	}
 	if children != nil {
-		p.descriptors(child, children, field+".descriptors", self, depth+1)
+		p.descriptors(child, children, field+".descriptors", self, mine)
 	}
-	if strings.HasSuffix(value, "*") {
-		parent.wildcards = append(parent.wildcards, wildcard{key: key, prefix: strings.TrimSuffix(value, "*"), n: child})
-	} else {
-		parent.children[ek] = child
+	parent.children[ek] = child
+	if wild {
+		parent.wildcards = append(parent.wildcards, wildcard{key: key, parts: strings.Split(value, "*"), n: child})
 	}
 }
 
-func hasWildcard(n *node, key, value string) bool {
-	if !strings.HasSuffix(value, "*") {
-		return false
+func (p *parser) rateLimit(n *yaml.Node, field, path string, fl descFlags, md *structpb.Struct, levels []Level) *RateLimit {
+	rl := &RateLimit{Path: path, ShadowMode: fl.shadow, QuotaMode: fl.quota, DetailedMetric: fl.detailed, Metadata: md, Levels: levels}
+	for _, l := range levels {
+		rl.SharedKey = rl.SharedKey || l.Share
+		rl.ValueLabel = rl.ValueLabel || (l.ValueToMetric && l.Kind != LevelExact && !l.Share)
 	}
-	for _, w := range n.wildcards {
-		if w.key == key && w.prefix == strings.TrimSuffix(value, "*") {
-			return true
-		}
-	}
-	return false
-}
-
-func (p *parser) rateLimit(n *yaml.Node, field, path string, shadow, detailed bool) *RateLimit {
-	rl := &RateLimit{Path: path, ShadowMode: shadow, DetailedMetric: detailed}
 	n = p.resolve(n)
 	rl.Source = fmt.Sprintf("%s:%d", p.file, n.Line)
+	firstReplace := len(p.replaces)
 	var unitNode, burstNode, algNode *yaml.Node
 	var unit string
 	p.mapping(n, field, rateLimitKeys, func(name string, k, v *yaml.Node) {
@@ -358,9 +379,9 @@ func (p *parser) rateLimit(n *yaml.Node, field, path string, shadow, detailed bo
 	if rl.Name != "" {
 		p.names[rl.Name] = true
 	}
-	for _, r := range rl.Replaces {
-		if r == rl.Name {
-			p.errorf(n, field+".replaces", "a limit must not replace itself (%q)", r)
+	for _, r := range p.replaces[firstReplace:] {
+		if r.name == rl.Name {
+			p.errorf(&yaml.Node{Line: r.line}, field+".replaces", "a limit must not replace itself (%q)", r.name)
 		}
 	}
 	rl.Unit = rlsv3.RateLimitResponse_RateLimit_Unit(u)

@@ -194,7 +194,14 @@ func TestParseErrors(t *testing.T) {
 		{"not a mapping", "- a\n", "root: must be a mapping"},
 		{"bad algorithm", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1, algorithm: leaky}\n", `algorithm: unknown algorithm "leaky"`},
 		{"burst without token bucket", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1, burst: 3}\n", "burst: only valid with algorithm: token_bucket"},
-		{"quota mode", "domain: d\ndescriptors:\n  - key: a\n    quota_mode: true\n", "quota_mode: not supported"},
+		{"quota mode not a bool", "domain: d\ndescriptors:\n  - key: a\n    quota_mode: sometimes\n", `descriptors.quota_mode: must be true or false, got "sometimes"`},
+		{"quota mode inside rate_limit", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1, quota_mode: true}\n", "descriptors.rate_limit.quota_mode: unknown field (allowed: algorithm, burst, name, replaces, requests_per_unit, unit, unlimited); quota_mode belongs on the descriptor"},
+		{"share threshold without wildcard", "domain: d\ndescriptors:\n  - key: a\n    value: b\n    share_threshold: true\n", `t.yaml:5: descriptors.share_threshold: needs a wildcard value (containing '*')`},
+		{"share threshold on bare key", "domain: d\ndescriptors:\n  - key: a\n    share_threshold: true\n", `t.yaml:4: descriptors.share_threshold: needs a wildcard value`},
+		{"metadata not a mapping", "domain: d\ndescriptors:\n  - key: a\n    metadata: [1, 2]\n", "t.yaml:4: descriptors.metadata: must be a mapping"},
+		{"metadata duplicate key", "domain: d\ndescriptors:\n  - key: a\n    metadata:\n      x: 1\n      x: 2\n", "t.yaml:6: descriptors.metadata.x: duplicate key"},
+		{"metadata nan", "domain: d\ndescriptors:\n  - key: a\n    metadata: {x: .nan}\n", "descriptors.metadata.x: \".nan\" is not a finite number"},
+		{"value_to_metric not a bool", "domain: d\ndescriptors:\n  - key: a\n    value_to_metric: 2\n", "descriptors.value_to_metric: must be true or false"},
 		{"bad bool", "domain: d\ndescriptors:\n  - key: a\n    shadow_mode: maybe\n", `shadow_mode: must be true or false, got "maybe"`},
 		{"descriptors not a list", "domain: d\ndescriptors: {key: a}\n", "descriptors: must be a list"},
 		{"yaml syntax", "domain: [\n", "t.yaml: yaml:"},
@@ -263,10 +270,20 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("a: &a [*a, *a]\n"))
 	f.Add([]byte("domain: d\ndescriptors:\n  - &d {key: a, descriptors: [*d]}\n"))
 	f.Add([]byte("\xff\xfe"))
+	f.Add([]byte(wildcardRules))
+	f.Add([]byte(shareRules))
+	f.Add([]byte("domain: d\ndescriptors:\n  - key: a\n    value: \"*b*\"\n    share_threshold: true\n    value_to_metric: true\n    quota_mode: true\n    metadata: {x: [1, {y: &m z}], w: *m}\n    rate_limit: {unit: second, requests_per_unit: 1}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse([]File{{Name: "f.yaml", Data: data}})
 		if err == nil {
-			c.Match("d", entries("a", "b"))
+			for _, es := range [][]*rlcommon.RateLimitDescriptor_Entry{entries("a", "b"), entries("a", "xbx", "c", "")} {
+				if l := c.Match("d", es); l != nil {
+					if len(l.Levels) != len(es) || len(l.KeyValues(es)) != 2*len(es) {
+						t.Fatalf("limit %q: %d levels, %d key values for %d entries", l.Path, len(l.Levels), len(l.KeyValues(es)), len(es))
+					}
+					l.MetricLabel(es, true)
+				}
+			}
 		} else if !strings.HasPrefix(err.Error(), "f.yaml") {
 			t.Fatalf("error does not name the file: %v", err)
 		}

@@ -7,15 +7,21 @@ import (
 )
 
 // metrics are labelled by domain and rule path only (both bounded by the
-// rule files); raw descriptor values appear only for detailed_metric rules.
+// rule files); request values appear only for detailed_metric and
+// value_to_metric rules, at most maxValues distinct labels per rule.
 type metrics struct {
-	hits       *prometheus.CounterVec
-	requests   *prometheus.CounterVec
-	latency    prometheus.Histogram
-	noDomain   prometheus.Counter
-	failures   *prometheus.CounterVec
-	cacheSize  prometheus.GaugeFunc
-	ruleCache  sync.Map // ruleKey -> *ruleCounters
+	hits      *prometheus.CounterVec
+	requests  *prometheus.CounterVec
+	latency   prometheus.Histogram
+	noDomain  prometheus.Counter
+	failures  *prometheus.CounterVec
+	cacheSize prometheus.GaugeFunc
+	ruleCache sync.Map // ruleKey -> *ruleCounters
+	// valueCache holds the admitted value-carrying labels (and the
+	// overflow labels); valueCount counts admitted labels per rule path.
+	valueCache sync.Map // ruleKey -> *ruleCounters
+	valueCount map[ruleKey]int
+	maxValues  int
 	byCode     map[string]prometheus.Counter
 	cacheLimit int
 	cacheCount int64
@@ -26,7 +32,7 @@ type ruleCounters struct {
 	total, over, near, within, shadow, localCache prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, cacheLen func() float64) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, cacheLen func() float64, maxValues int) (*metrics, error) {
 	m := &metrics{
 		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rls_rule_hits_total",
@@ -46,6 +52,8 @@ func newMetrics(reg prometheus.Registerer, cacheLen func() float64) (*metrics, e
 			Name: "rls_backend_failures_total", Help: "Requests answered by the failure mode because the backend failed.",
 		}, []string{"mode"}),
 		cacheLimit: 10000,
+		valueCount: map[ruleKey]int{},
+		maxValues:  maxValues,
 	}
 	m.byCode = map[string]prometheus.Counter{}
 	for _, c := range []string{"ok", "over_limit", "invalid", "failure_allow", "failure_deny"} {
@@ -64,6 +72,11 @@ func newMetrics(reg prometheus.Registerer, cacheLen func() float64) (*metrics, e
 
 type ruleKey struct{ domain, rule string }
 
+// OverflowSuffix is appended to a rule's path for the label that counts
+// request values beyond the per-rule bound (detailed_metric,
+// value_to_metric).
+const OverflowSuffix = ":overflow"
+
 // code returns the requests counter for one answer code (handles are cached:
 // WithLabelValues hashes labels on every call).
 func (m *metrics) code(c string) prometheus.Counter {
@@ -73,12 +86,57 @@ func (m *metrics) code(c string) prometheus.Counter {
 	return m.requests.WithLabelValues(c)
 }
 
+// rule returns the counters of a rule label bounded by the rule files.
 func (m *metrics) rule(domain, rule string) *ruleCounters {
 	k := ruleKey{domain, rule}
 	if rc, ok := m.ruleCache.Load(k); ok {
 		return rc.(*ruleCounters)
 	}
-	rc := &ruleCounters{
+	rc := m.newCounters(domain, rule)
+	m.mu.Lock()
+	// Bound the handle cache itself (a hostile stream of override
+	// descriptors cannot grow it; their label is always "override").
+	if m.cacheCount < int64(m.cacheLimit) {
+		m.cacheCount++
+		m.ruleCache.Store(k, rc)
+	}
+	m.mu.Unlock()
+	return rc
+}
+
+// valueRule returns the counters of a label that carries request values
+// (detailed_metric, value_to_metric). At most maxValues distinct labels are
+// created per (domain, rule path); later new ones are counted under
+// path+OverflowSuffix, so request values can never grow /metrics without
+// bound.
+func (m *metrics) valueRule(domain, path, label string) *ruleCounters {
+	k := ruleKey{domain, label}
+	if rc, ok := m.valueCache.Load(k); ok {
+		return rc.(*ruleCounters)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if rc, ok := m.valueCache.Load(k); ok {
+		return rc.(*ruleCounters)
+	}
+	pk := ruleKey{domain, path}
+	if m.valueCount[pk] >= m.maxValues {
+		ok := ruleKey{domain, path + OverflowSuffix}
+		if rc, found := m.valueCache.Load(ok); found {
+			return rc.(*ruleCounters)
+		}
+		rc := m.newCounters(domain, ok.rule)
+		m.valueCache.Store(ok, rc)
+		return rc
+	}
+	m.valueCount[pk]++
+	rc := m.newCounters(domain, label)
+	m.valueCache.Store(k, rc)
+	return rc
+}
+
+func (m *metrics) newCounters(domain, rule string) *ruleCounters {
+	return &ruleCounters{
 		total:      m.hits.WithLabelValues(domain, rule, "total"),
 		over:       m.hits.WithLabelValues(domain, rule, "over_limit"),
 		near:       m.hits.WithLabelValues(domain, rule, "near_limit"),
@@ -86,12 +144,4 @@ func (m *metrics) rule(domain, rule string) *ruleCounters {
 		shadow:     m.hits.WithLabelValues(domain, rule, "shadow_mode"),
 		localCache: m.hits.WithLabelValues(domain, rule, "over_limit_local_cache"),
 	}
-	m.mu.Lock()
-	// Bound the handle cache itself (detailed_metric rules can have many values).
-	if m.cacheCount < int64(m.cacheLimit) {
-		m.cacheCount++
-		m.ruleCache.Store(k, rc)
-	}
-	m.mu.Unlock()
-	return rc
 }

@@ -53,13 +53,27 @@ type Options struct {
 	// Retry-After when over limit) to response_headers_to_add.
 	ResponseHeaders bool
 	// LocalCache, when set, answers keys known over limit without the backend.
-	LocalCache     *limiter.OverCache
-	Limits         Limits
-	NearLimitRatio float64
-	Now            func() time.Time
-	Log            *slog.Logger
-	Registerer     prometheus.Registerer
+	LocalCache *limiter.OverCache
+	// QuotaMode treats every descriptor as quota_mode (envoyproxy/ratelimit
+	// QUOTA_MODE=true).
+	QuotaMode bool
+	// DynamicMetadata fills the response's dynamic_metadata
+	// (envoyproxy/ratelimit RESPONSE_DYNAMIC_METADATA=true).
+	DynamicMetadata bool
+	// MaxMetricValues bounds the distinct metric labels that carry request
+	// values (detailed_metric, value_to_metric) per rule; 0 means
+	// DefaultMaxMetricValues.
+	MaxMetricValues int
+	Limits          Limits
+	NearLimitRatio  float64
+	Now             func() time.Time
+	Log             *slog.Logger
+	Registerer      prometheus.Registerer
 }
+
+// DefaultMaxMetricValues is the default bound on value-carrying metric
+// labels per rule.
+const DefaultMaxMetricValues = 1000
 
 // Service implements rlsv3.RateLimitServiceServer.
 type Service struct {
@@ -91,12 +105,15 @@ func New(o Options) (*Service, error) {
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()
 	}
+	if o.MaxMetricValues <= 0 {
+		o.MaxMetricValues = DefaultMaxMetricValues
+	}
 	s := &Service{o: o}
 	cacheLen := func() float64 { return 0 }
 	if o.LocalCache != nil {
 		cacheLen = func() float64 { return float64(o.LocalCache.Len()) }
 	}
-	m, err := newMetrics(o.Registerer, cacheLen)
+	m, err := newMetrics(o.Registerer, cacheLen, o.MaxMetricValues)
 	if err != nil {
 		return nil, fmt.Errorf("service metrics: %w", err)
 	}
@@ -125,6 +142,9 @@ type slot struct {
 	cached  bool
 	res     limiter.Result
 	counter *ruleCounters
+	// quota: quota_mode (or the global switch): over limit does not deny
+	// unless every quota descriptor of the request is over.
+	quota bool
 }
 
 // ShouldRateLimit implements the RLS API.
@@ -146,6 +166,9 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 		s.m.noDomain.Inc()
 		for i := range resp.Statuses {
 			resp.Statuses[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		}
+		if s.o.DynamicMetadata {
+			resp.DynamicMetadata = dynamicMetadata(req, nil, resp.Statuses)
 		}
 		s.m.code("ok").Inc()
 		return resp, nil
@@ -189,14 +212,17 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 			sl.limit = nil
 			continue
 		}
-		sl.counter = s.m.rule(domain, s.ruleLabel(l, descs[i].GetEntries()))
+		sl.counter = s.ruleCounters(domain, l, descs[i].GetEntries())
 		if l.Unlimited {
 			continue
 		}
+		sl.quota = s.o.QuotaMode || l.QuotaMode
 		it := limiter.Item{
-			Key:       limiter.Key(s.o.KeyPrefix, l.Algorithm, rules.UnitDuration(l.Unit), domain, flatten(descs[i].GetEntries())...),
+			Key:       limiter.Key(s.o.KeyPrefix, l.Algorithm, rules.UnitDuration(l.Unit), domain, l.KeyValues(descs[i].GetEntries())...),
 			Algorithm: l.Algorithm, Unit: rules.UnitDuration(l.Unit), Limit: l.RequestsPerUnit,
-			Burst: l.Burst, Hits: sl.hits, Enforce: !l.ShadowMode,
+			// Quota items never reject the batch on their own: the service
+			// decides from all of them together (answer).
+			Burst: l.Burst, Hits: sl.hits, Enforce: !l.ShadowMode && !sl.quota,
 		}
 		// Decided locally, without the backend: a zero limit ("ban"), or a
 		// key the local cache knows is over limit.
@@ -228,7 +254,7 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 		backendErr = s.o.Backend.Check(ctx, now, items, results)
 	}
 	if backendErr != nil {
-		return s.failed(resp, slots, backendErr)
+		return s.failed(req, resp, slots, backendErr)
 	}
 	for i := range slots {
 		sl := &slots[i]
@@ -239,7 +265,7 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 			}
 		}
 	}
-	s.answer(resp, slots, rejectedByCache)
+	s.answer(req, resp, slots, rejectedByCache)
 	return resp, nil
 }
 
@@ -262,40 +288,36 @@ func overrideLimit(o *rlcommon.RateLimitDescriptor_RateLimitOverride) *rules.Rat
 	}
 }
 
-func flatten(es []*rlcommon.RateLimitDescriptor_Entry) []string {
-	kv := make([]string, 0, 2*len(es))
-	for _, e := range es {
-		kv = append(kv, e.GetKey(), e.GetValue())
+// ruleCounters returns the metric handles for one matched descriptor: the
+// rule path, or a label with request values (detailed_metric,
+// value_to_metric), bounded per rule.
+func (s *Service) ruleCounters(domain string, l *rules.RateLimit, es []*rlcommon.RateLimitDescriptor_Entry) *ruleCounters {
+	label, values := l.MetricLabel(es, l.DetailedMetric)
+	if !values {
+		return s.m.rule(domain, label)
 	}
-	return kv
+	return s.m.valueRule(domain, l.Path, label)
 }
 
-func (s *Service) ruleLabel(l *rules.RateLimit, es []*rlcommon.RateLimitDescriptor_Entry) string {
-	if !l.DetailedMetric {
-		return l.Path
-	}
-	b := make([]byte, 0, 64)
-	for i, e := range es {
-		if i > 0 {
-			b = append(b, '.')
-		}
-		b = append(b, e.GetKey()...)
-		if e.GetValue() != "" {
-			b = append(b, '_')
-			b = append(b, e.GetValue()...)
-		}
-	}
-	return string(b)
-}
-
-func (s *Service) answer(resp *rlsv3.RateLimitResponse, slots []slot, rejected bool) {
+// answer fills the statuses and the overall code. As envoyproxy/ratelimit:
+// the request is OVER_LIMIT when an enforced (not shadow, not quota)
+// descriptor is over, or when it has quota descriptors and all of them are
+// over; an over quota descriptor still reports OVER_LIMIT in its own status.
+// With the global quota mode every descriptor but unlimited ones is a quota
+// descriptor, even one no rule matched (it passes).
+func (s *Service) answer(req *rlsv3.RateLimitRequest, resp *rlsv3.RateLimitResponse, slots []slot, rejected bool) {
 	var hdr *slot
+	over := rejected
+	quotaTotal, quotaOver := 0, 0
 	for i := range slots {
 		sl := &slots[i]
 		st := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
 		resp.Statuses[i] = st
 		l := sl.limit
 		if l == nil {
+			if s.o.QuotaMode {
+				quotaTotal++
+			}
 			continue
 		}
 		h := float64(sl.hits)
@@ -304,6 +326,9 @@ func (s *Service) answer(resp *rlsv3.RateLimitResponse, slots []slot, rejected b
 			st.LimitRemaining = math.MaxUint32
 			sl.counter.within.Add(h)
 			continue
+		}
+		if sl.quota {
+			quotaTotal++
 		}
 		st.CurrentLimit = l.Proto
 		st.LimitRemaining = sl.res.Remaining
@@ -315,7 +340,11 @@ func (s *Service) answer(resp *rlsv3.RateLimitResponse, slots []slot, rejected b
 			sl.counter.shadow.Add(h)
 		case sl.res.Over:
 			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
-			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+			if sl.quota {
+				quotaOver++
+			} else {
+				over = true
+			}
 			sl.counter.over.Add(h)
 			if sl.cached {
 				sl.counter.localCache.Add(h)
@@ -330,24 +359,29 @@ func (s *Service) answer(resp *rlsv3.RateLimitResponse, slots []slot, rejected b
 			hdr = sl
 		}
 	}
-	if rejected {
-		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+	if quotaTotal > 0 && quotaOver == quotaTotal {
+		over = true
 	}
 	code := "ok"
-	if resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT {
+	if over {
+		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
 		code = "over_limit"
 	}
 	s.m.code(code).Inc()
 	if s.o.ResponseHeaders && hdr != nil {
-		resp.ResponseHeadersToAdd = headers(hdr, resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT)
+		resp.ResponseHeadersToAdd = headers(hdr, over)
+	}
+	if s.o.DynamicMetadata {
+		resp.DynamicMetadata = dynamicMetadata(req, slots, resp.Statuses)
 	}
 }
 
 // betterHeader picks the descriptor the RateLimit-* headers describe: an
-// enforced over-limit one first, then the one with the least remaining.
+// enforced over-limit one first (not shadow, not quota, as the anchor), then
+// the one with the least remaining.
 func betterHeader(a, b *slot) bool {
-	ao := a.res.Over && !a.limit.ShadowMode
-	bo := b.res.Over && !b.limit.ShadowMode
+	ao := a.res.Over && !a.limit.ShadowMode && !a.quota
+	bo := b.res.Over && !b.limit.ShadowMode && !b.quota
 	if ao != bo {
 		return ao
 	}
@@ -383,7 +417,7 @@ func ceilSeconds(d time.Duration) int64 {
 }
 
 // failed answers by the failure mode, and logs at most once a second.
-func (s *Service) failed(resp *rlsv3.RateLimitResponse, slots []slot, err error) (*rlsv3.RateLimitResponse, error) {
+func (s *Service) failed(req *rlsv3.RateLimitRequest, resp *rlsv3.RateLimitResponse, slots []slot, err error) (*rlsv3.RateLimitResponse, error) {
 	now := time.Now().Unix()
 	if last := s.lastLog.Load(); last != now && s.lastLog.CompareAndSwap(last, now) {
 		s.o.Log.Warn("rate-limit backend failed; answering by failure mode", "err", err, "failure_mode", map[FailureMode]string{FailAllow: "allow", FailDeny: "deny"}[s.o.FailureMode])
@@ -401,6 +435,9 @@ func (s *Service) failed(resp *rlsv3.RateLimitResponse, slots []slot, err error)
 			st.CurrentLimit = slots[i].limit.Proto
 		}
 		resp.Statuses[i] = st
+	}
+	if s.o.DynamicMetadata {
+		resp.DynamicMetadata = dynamicMetadata(req, slots, resp.Statuses)
 	}
 	s.m.failures.WithLabelValues(mode).Inc()
 	s.m.code("failure_" + mode).Inc()
