@@ -49,6 +49,9 @@ func flags(fs *pflag.FlagSet) {
 	fs.Int("max-entries", service.DefaultLimits.MaxEntries, "most entries one descriptor may carry")
 	fs.Int("max-key-length", service.DefaultLimits.MaxKeyLen, "longest domain or entry key, in bytes")
 	fs.Int("max-value-length", service.DefaultLimits.MaxValueLen, "longest entry value, in bytes")
+	fs.Bool("quota-mode", false, "treat every descriptor as quota_mode (envoyproxy/ratelimit QUOTA_MODE)")
+	fs.Bool("response-dynamic-metadata", false, "return request and rule metadata in dynamic_metadata (envoyproxy/ratelimit RESPONSE_DYNAMIC_METADATA)")
+	fs.Int("max-metric-values", service.DefaultMaxMetricValues, "distinct metric labels carrying request values (detailed_metric, value_to_metric) per rule; more go to <rule>:overflow")
 
 	fs.Int("grpc-workers", 0, "gRPC stream worker goroutines kept for reuse (0: a goroutine per RPC, as grpc-go does by default)")
 	fs.Bool("pprof", false, "serve Go profiles at /debug/pprof/ on the admin address")
@@ -161,6 +164,7 @@ func run(ctx context.Context, env *app.Env) error {
 	svc, err := service.New(service.Options{
 		Backend: backend, KeyPrefix: str("key-prefix"), FailureMode: mode, ResponseHeaders: boolean("response-headers"),
 		LocalCache: cache, Limits: limits, NearLimitRatio: ratio, Log: env.Log, Registerer: reg,
+		QuotaMode: boolean("quota-mode"), DynamicMetadata: boolean("response-dynamic-metadata"), MaxMetricValues: num("max-metric-values"),
 	})
 	if err != nil {
 		return err
