@@ -185,9 +185,14 @@ func (c *Controller) ServeStatus(w http.ResponseWriter, _ *http.Request) {
 	_ = enc.Encode(c.Status())
 }
 
-// Watch reloads on every change to the model file or directory, once the
-// writes have been quiet for the debounce interval.
-func (c *Controller) Watch(ctx context.Context) error {
+// Watch reloads on every change to the model file or directory: at once
+// when a file is renamed into place (an atomic replace, as kubectl, the
+// ConfigMap ..data swap and most tools do it), else once in-place writes
+// have been quiet for the debounce interval.
+func (c *Controller) Watch(ctx context.Context) error { return c.watch(ctx, nil) }
+
+// watch is Watch; watching (tests) is called once the watch is in place.
+func (c *Controller) watch(ctx context.Context, watching func()) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)
@@ -208,12 +213,25 @@ func (c *Controller) Watch(ctx context.Context) error {
 	}
 	var timer *time.Timer
 	var fire <-chan time.Time
+	arm := func(d time.Duration) {
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		fire = timer.C
+	}
 	// A write between the last Load and Add raised no event: reload now if
 	// the input is not what Load last read.
 	if c.changedSinceLoad() {
 		c.log.Info("model changed before the watch started; reloading", "path", c.path)
-		timer = time.NewTimer(0)
-		fire = timer.C
+		arm(0)
+	}
+	// replaced: the watched name was renamed away or removed since the last
+	// reload, so a file created under it may still be being written.
+	replaced := false
+	if watching != nil {
+		watching()
 	}
 	for {
 		select {
@@ -223,22 +241,28 @@ func (c *Controller) Watch(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			if base != "" && filepath.Base(ev.Name) != base && !isConfigMapSwap(ev.Name) {
+			swap := isConfigMapSwap(ev.Name)
+			if base != "" && filepath.Base(ev.Name) != base && !swap {
 				continue
 			}
-			if timer == nil {
-				timer = time.NewTimer(c.debounce)
-			} else {
-				timer.Reset(c.debounce)
+			// A file renamed into place (or a ConfigMap's ..data swap) is
+			// complete the moment it appears: reload at once. In-place
+			// writes wait until they have been quiet for the debounce.
+			if ev.Has(fsnotify.Create) && !replaced && (base != "" || swap) {
+				arm(0)
+				continue
 			}
-			fire = timer.C
+			if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+				replaced = true
+			}
+			arm(c.debounce)
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			c.log.Warn("model watch error", "err", err)
 		case <-fire:
-			fire = nil
+			fire, replaced = nil, false
 			if err := c.Load(ctx); err != nil {
 				c.log.Error("model reload failed; still serving the last good model", "err", err)
 			} else {

@@ -35,6 +35,11 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 
 func start(t *testing.T, initial string) *rig {
 	t.Helper()
+	return startWith(t, initial, 50*time.Millisecond)
+}
+
+func startWith(t *testing.T, initial string, debounce time.Duration) *rig {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	srv := xds.New(ctx, quiet(), prometheus.NewRegistry())
@@ -49,7 +54,7 @@ func start(t *testing.T, initial string) *rig {
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
 	r := &rig{t: t, ctx: ctx, addr: ln.Addr().String(), path: path}
 	r.write(initial)
-	r.ctl = New(path, 50*time.Millisecond, quiet(), srv, prometheus.NewRegistry())
+	r.ctl = New(path, debounce, quiet(), srv, prometheus.NewRegistry())
 	if err := r.ctl.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +175,25 @@ func TestWriteBeforeWatchIsNotLost(t *testing.T) {
 	go func() { _ = r.ctl.Watch(r.ctx) }()
 	cc := xdstest.Client(t, r.addr, "race-client", "svc")
 	xdstest.Eventually(t, "traffic to reach the endpoint written before the watch", func() bool {
+		p, err := xdstest.Call(r.ctx, cc)
+		return err == nil && p == b
+	})
+}
+
+// A file renamed into place is complete: it is served without waiting out
+// the debounce (an hour here), which only in-place writes need.
+func TestAtomicReplaceSkipsDebounce(t *testing.T) {
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
+	r := startWith(t, svcModel(a), time.Hour)
+	w := make(chan struct{})
+	go func() { _ = r.ctl.watch(r.ctx, func() { close(w) }) }()
+	<-w
+	cc := xdstest.Client(t, r.addr, "atomic-client", "svc")
+	if p, err := xdstest.Call(r.ctx, cc); err != nil || p != a {
+		t.Fatalf("first call: %s %v", p, err)
+	}
+	r.write(svcModel(b))
+	xdstest.Eventually(t, "traffic to move without waiting out the debounce", func() bool {
 		p, err := xdstest.Call(r.ctx, cc)
 		return err == nil && p == b
 	})

@@ -56,7 +56,7 @@ func serveSpec() app.Spec {
 			fs.StringSlice("hds-addr", nil, "HDS replicas serving the health feed, comma-separated; tried in turn")
 			fs.String("kubernetes-namespace", "", "discover endpoints from Services/EndpointSlices in this namespace (empty: off); routes stay in the model")
 			fs.String("kubeconfig", "", "kubeconfig for --kubernetes-namespace (empty: in-cluster service account)")
-			fs.Duration("reload-debounce", 200*time.Millisecond, "quiet time after a model file change before reloading")
+			fs.Duration("reload-debounce", 200*time.Millisecond, "quiet time after an in-place model write before reloading (a file renamed into place reloads at once)")
 			fs.Bool("pprof", false, "serve Go profiles under /debug/pprof/ on the admin address")
 		},
 		Run: run,
