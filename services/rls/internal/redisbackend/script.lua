@@ -13,19 +13,20 @@
 -- (INCRBY, then DECRBY back if the hits do not fit or the request is
 -- rejected); a charged bucket is restored if the request is rejected. The
 -- script is atomic, so nobody sees the intermediate values.
-local ki, ai = 1, 1
-local out = {}
-while ai <= #ARGV do
+-- The per-item tables are shared by every request of the batch (each slot
+-- is written before it is read): a batch allocates them once.
+local ki, ai, nargv = 1, 1, #ARGV
+local out, key, fits, added, parts = {}, {}, {}, {}, {}
+while ai <= nargv do
   local now, n = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
   ai = ai + 2
   local rejected = 0
-  local parts = {}
-  local key, fits, added = {}, {}, {}
   for i = 1, n do
     local b0 = ai + (i - 1) * 6
     local alg, L, h = ARGV[b0], tonumber(ARGV[b0 + 1]), tonumber(ARGV[b0 + 2])
     local p1, p2 = tonumber(ARGV[b0 + 4]), tonumber(ARGV[b0 + 5])
     local a, b, ok = 0, 0, false
+    added[i] = false
     if alg == '3' then
       key[i] = KEYS[ki]
       local raw = redis.call('GET', key[i])
@@ -70,7 +71,7 @@ while ai <= #ARGV do
     fits[i] = ok
     if not ok and ARGV[b0 + 3] == '1' then rejected = 1 end
     if alg == '3' then a = string.format('%.0f', a) end
-    parts[#parts + 1] = (ok and '0,' or '1,') .. a .. ',' .. b
+    parts[i] = (ok and '0,' or '1,') .. a .. ',' .. b
   end
   for i = 1, n do
     local undo = added[i]
@@ -87,6 +88,6 @@ while ai <= #ARGV do
     end
   end
   ai = ai + n * 6
-  out[#out + 1] = rejected .. ':' .. table.concat(parts, ',')
+  out[#out + 1] = rejected .. ':' .. table.concat(parts, ',', 1, n)
 end
 return table.concat(out, '|')
