@@ -451,3 +451,29 @@ func TestAnchorCompatExampleLoads(t *testing.T) {
 		t.Fatalf("ai model limit = %+v", l)
 	}
 }
+
+// BenchmarkMatch is one descriptor's lookup: exact, bare key, and a middle
+// wildcard found after 20 non-matching wildcards of the same key.
+func BenchmarkMatch(b *testing.B) {
+	src := "domain: b\ndescriptors:\n  - key: k\n    value: exact\n    rate_limit: {unit: second, requests_per_unit: 1}\n  - key: bare\n    rate_limit: {unit: second, requests_per_unit: 1}\n"
+	for i := 0; i < 20; i++ {
+		src += "  - key: k\n    value: \"p" + string(rune('a'+i)) + "*x*\"\n    rate_limit: {unit: second, requests_per_unit: 1}\n"
+	}
+	src += "  - key: k\n    value: \"/api/*/items*\"\n    rate_limit: {unit: second, requests_per_unit: 1}\n"
+	c, err := Parse([]File{{Name: "b.yaml", Data: []byte(src)}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct{ name, k, v string }{{"exact", "k", "exact"}, {"bare", "bare", "anything"}, {"wildcard_21st", "k", "/api/v1/items/42"}} {
+		es := entries(tc.k, tc.v)
+		if c.Match("b", es) == nil {
+			b.Fatalf("%s: no match", tc.name)
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				c.Match("b", es)
+			}
+		})
+	}
+}

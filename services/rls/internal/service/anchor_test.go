@@ -228,6 +228,11 @@ func TestDynamicMetadata(t *testing.T) {
 		if md != want {
 			t.Fatalf("dynamic metadata\n got %s\nwant %s", md, want)
 		}
+		// The merge did not change q1's rule metadata (no "zone" from q2).
+		md = jsonOf(t, f.call(t, req("a", desc("q1", "other"))).GetDynamicMetadata())
+		if want := `{"descriptors":[{"entries":["q1=other"]}],"domain":"a","metadata":{"backend":{"name":"one","weight":1},"first":"q1"}}`; md != want {
+			t.Fatalf("q1 alone\n got %s\nwant %s", md, want)
+		}
 		// q1 is now over: only q2's metadata is returned (unlimited "free"
 		// never contributes, as in the anchor), and the rule's metadata was
 		// not changed by the earlier merge.

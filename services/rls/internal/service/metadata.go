@@ -3,7 +3,6 @@ package service
 import (
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -37,16 +36,19 @@ func dynamicMetadata(req *rlsv3.RateLimitRequest, slots []slot, statuses []*rlsv
 	if h := req.GetHitsAddend(); h != 0 {
 		fields["hitsAddend"] = structpb.NewNumberValue(float64(h))
 	}
-	merged := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	var merged map[string]*structpb.Value
 	for i := range slots {
 		l := slots[i].limit
 		if l == nil || l.Unlimited || l.Metadata == nil || statuses[i].GetCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
 			continue
 		}
-		mergeStruct(merged, l.Metadata)
+		if merged == nil {
+			merged = make(map[string]*structpb.Value, len(l.Metadata.GetFields()))
+		}
+		mergeFields(merged, l.Metadata)
 	}
-	if len(merged.Fields) > 0 {
-		fields["metadata"] = structpb.NewStructValue(merged)
+	if len(merged) > 0 {
+		fields["metadata"] = structpb.NewStructValue(&structpb.Struct{Fields: merged})
 	}
 	return &structpb.Struct{Fields: fields}
 }
@@ -66,18 +68,27 @@ func descriptorStruct(d *rlcommon.RateLimitDescriptor) *structpb.Struct {
 	return &structpb.Struct{Fields: f}
 }
 
-// mergeStruct adds src's fields to dst: new keys are copied (deep, so the
-// rule's shared metadata is never modified), an existing key keeps dst's
-// value unless both are structs, which are merged the same way.
-func mergeStruct(dst, src *structpb.Struct) {
+// mergeFields adds src's fields to dst (owned by the response): a new key
+// refers to the rule's value (rules are immutable and protobuf messages are
+// safe to marshal concurrently), an existing key keeps dst's value unless
+// both are structs, which are merged into a fresh struct the same way, so
+// the rules' shared metadata is never modified.
+func mergeFields(dst map[string]*structpb.Value, src *structpb.Struct) {
 	for k, v := range src.GetFields() {
-		cur, ok := dst.Fields[k]
+		cur, ok := dst[k]
 		if !ok {
-			dst.Fields[k] = proto.Clone(v).(*structpb.Value)
+			dst[k] = v
 			continue
 		}
-		if cs, ss := cur.GetStructValue(), v.GetStructValue(); cs != nil && ss != nil {
-			mergeStruct(cs, ss)
+		cs, ss := cur.GetStructValue(), v.GetStructValue()
+		if cs == nil || ss == nil {
+			continue
 		}
+		m := make(map[string]*structpb.Value, len(cs.GetFields())+len(ss.GetFields()))
+		for ck, cv := range cs.GetFields() {
+			m[ck] = cv
+		}
+		mergeFields(m, ss)
+		dst[k] = structpb.NewStructValue(&structpb.Struct{Fields: m})
 	}
 }
