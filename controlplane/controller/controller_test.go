@@ -43,7 +43,7 @@ func startWith(t *testing.T, initial string, debounce time.Duration) *rig {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	srv := xds.New(ctx, quiet(), prometheus.NewRegistry())
-	g := grpcserver.New()
+	g := grpcserver.New(xds.ServerOptions()...)
 	srv.Register(g.Server)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

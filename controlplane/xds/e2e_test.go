@@ -46,7 +46,7 @@ func startServer(t *testing.T) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	s := New(ctx, testLog(t), prometheus.NewRegistry())
-	g := grpcserver.New()
+	g := grpcserver.New(ServerOptions()...)
 	s.Register(g.Server)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -68,7 +68,8 @@ type Server struct {
 	edsHash  map[string]string
 }
 
-// New builds a server; metrics go to reg.
+// New builds a server; metrics go to reg. Serve it on a gRPC server built
+// with ServerOptions.
 func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Server {
 	s := &Server{log: log, hash: &nodeHash{}, versions: map[string][4]string{}, edsHash: map[string]string{}}
 	s.hash.proxies.Store(&map[string]bool{})

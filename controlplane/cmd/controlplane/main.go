@@ -85,7 +85,7 @@ func run(ctx context.Context, env *app.Env) error {
 		return app.Usagef("xds-addr %s: %v", xdsAddr, err)
 	}
 	// One stream per client: the default stream limit would cap the fleet.
-	g := grpcserver.New(grpc.MaxConcurrentStreams(1 << 20))
+	g := grpcserver.New(append(xds.ServerOptions(), grpc.MaxConcurrentStreams(1<<20))...)
 	srv.Register(g.Server)
 	srv.RegisterAdmin(env.Admin)
 	env.Admin.HandleFunc("GET /model", ctl.ServeStatus)
