@@ -24,7 +24,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 redis-server --port 28092 --save '' --appendonly no --logfile $D/redis.log & PIDS+=($!); REDIS=$!
 GOMAXPROCS=1 $D/upstream -addr 127.0.0.1:28000 & PIDS+=($!)
-$D/rls --grpc-addr 127.0.0.1:28091 --admin-addr 127.0.0.1:28093 --rules $D/rules --redis-url redis://127.0.0.1:28092/0 --log-level warn & PIDS+=($!); RLS=$!
+$D/rls --grpc-addr 127.0.0.1:28091 --admin-addr 127.0.0.1:28093 --rules $D/rules --redis-url redis://127.0.0.1:28092/0 --log-level warn ${RLS_FLAGS_EXTRA:-} & PIDS+=($!); RLS=$!
 GOMAXPROCS=1 $D/proxy --bootstrap proxy/bench/proxy.yaml --admin-addr 127.0.0.1:28090 --log-level warn & PIDS+=($!); PLAIN=$!
 GOMAXPROCS=1 $D/proxy --bootstrap $D/batch.yaml --admin-addr 127.0.0.1:28094 --log-level warn & PIDS+=($!); BATCH=$!
 GOMAXPROCS=1 $D/proxy --bootstrap $D/unary.yaml --admin-addr 127.0.0.1:28095 --log-level warn --rls-unary & PIDS+=($!); UNARY=$!
