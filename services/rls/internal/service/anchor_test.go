@@ -66,9 +66,18 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 100}
 `
 
+// anchorFixture serves anchorRules with the clock pinned 30 s into a window
+// that starts 0–60 s from now, so no window boundary falls inside a test
+// (counts would reset there) and no counter expires during it.
 func anchorFixture(t *testing.T, b limiter.Backend, mod func(*Options)) *fixture {
 	t.Helper()
-	f := newFixture(t, b, mod)
+	pinned := time.Now().Truncate(time.Minute).Add(90 * time.Second)
+	f := newFixture(t, b, func(o *Options) {
+		o.Now = func() time.Time { return pinned }
+		if mod != nil {
+			mod(o)
+		}
+	})
 	cfg, err := rules.Parse([]rules.File{{Name: "anchor.yaml", Data: []byte(anchorRules)}})
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +200,27 @@ func TestQuotaMode(t *testing.T) {
 		// The rejected request charged no quota: q1=y still has its one hit.
 		if got := codesOf(f.call(t, req("a", desc("q1", "y")))); got != "OK: OK" {
 			t.Fatalf("q1=y after a rejected request: %s", got)
+		}
+	})
+}
+
+// TestSingleQuotaDeniedChargesNothing: a request whose only quota
+// descriptor is over is denied, and (as every denied request here) charges
+// none of its descriptors.
+func TestSingleQuotaDeniedChargesNothing(t *testing.T) {
+	backends(t, func(t *testing.T, b limiter.Backend) {
+		f := anchorFixture(t, b, func(o *Options) { o.LocalCache = nil })
+		r := req("a", desc("q1", "s"), desc("plain", "p"))
+		if got := codesOf(f.call(t, r)); got != "OK: OK OK" {
+			t.Fatalf("first: %s", got)
+		}
+		for i := 0; i < 3; i++ {
+			if got := codesOf(f.call(t, r)); got != "OVER_LIMIT: OVER_LIMIT OK" {
+				t.Fatalf("q1 over: %s", got)
+			}
+		}
+		if resp := f.call(t, req("a", desc("plain", "p"))); resp.GetStatuses()[0].GetLimitRemaining() != 98 {
+			t.Fatalf("plain charged by denied requests: %v", resp)
 		}
 	})
 }

@@ -205,24 +205,44 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 	var itemBuf [4]limiter.Item
 	items := itemBuf[:0]
 	rejectedByCache := false
+	// Quota descriptors as answer counts them: matched quota_mode limits,
+	// and under the global switch every descriptor but unlimited ones.
+	quotaDescs := 0
+	for i := range slots {
+		sl := &slots[i]
+		if l := sl.limit; l != nil && l.Name != "" && replaced[l.Name] {
+			sl.limit = nil
+		}
+		l := sl.limit
+		switch {
+		case l == nil:
+			if s.o.QuotaMode {
+				quotaDescs++
+			}
+		case !l.Unlimited && (s.o.QuotaMode || l.QuotaMode):
+			sl.quota = true
+			quotaDescs++
+		}
+	}
 	for i := range slots {
 		sl := &slots[i]
 		l := sl.limit
-		if l == nil || (l.Name != "" && replaced[l.Name]) {
-			sl.limit = nil
+		if l == nil {
 			continue
 		}
 		sl.counter = s.ruleCounters(domain, l, descs[i].GetEntries())
 		if l.Unlimited {
 			continue
 		}
-		sl.quota = s.o.QuotaMode || l.QuotaMode
 		it := limiter.Item{
 			Key:       limiter.Key(s.o.KeyPrefix, l.Algorithm, rules.UnitDuration(l.Unit), domain, l.KeyValues(descs[i].GetEntries())...),
 			Algorithm: l.Algorithm, Unit: rules.UnitDuration(l.Unit), Limit: l.RequestsPerUnit,
-			// Quota items never reject the batch on their own: the service
-			// decides from all of them together (answer).
-			Burst: l.Burst, Hits: sl.hits, Enforce: !l.ShadowMode && !sl.quota,
+			// Quota items do not reject the batch on their own when there are
+			// several (the request is denied only when all are over: answer
+			// decides). A request's only quota descriptor denies exactly
+			// when it is over, so it is enforced like an ordinary one: the
+			// backend then charges nothing of a denied request.
+			Burst: l.Burst, Hits: sl.hits, Enforce: !l.ShadowMode && (!sl.quota || quotaDescs == 1),
 		}
 		// Decided locally, without the backend: a zero limit ("ban"), or a
 		// key the local cache knows is over limit.
