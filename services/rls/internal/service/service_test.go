@@ -454,23 +454,40 @@ func FuzzShouldRateLimit(f *testing.F) {
 		f.Fatal(err)
 	}
 	svc.SetRules(cfg)
+	// The newer rule fields, global quota mode and dynamic metadata.
+	seed(req("a", desc("q1", "x"), desc("q2", "y"), desc("files", "files/z"), desc("tenant", "t1", "user", "u")))
+	seed(req("a", desc("free", "f"), desc("tenant_id", "v"), desc("detail", "d"), desc("path", "/api/1/items")))
+	acfg, err := rules.Parse([]rules.File{{Name: "anchor.yaml", Data: []byte(anchorRules)}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	asvc, err := New(Options{Backend: limiter.NewMemory(), LocalCache: limiter.NewOverCache(100), QuotaMode: true, DynamicMetadata: true, MaxMetricValues: 10})
+	if err != nil {
+		f.Fatal(err)
+	}
+	asvc.SetRules(acfg)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r rlsv3.RateLimitRequest
 		if proto.Unmarshal(data, &r) != nil {
 			return
 		}
-		resp, err := svc.ShouldRateLimit(context.Background(), &r)
-		if err != nil {
-			if status.Code(err) != codes.InvalidArgument {
-				t.Fatalf("error is not InvalidArgument: %v", err)
+		for _, svc := range []*Service{svc, asvc} {
+			resp, err := svc.ShouldRateLimit(context.Background(), &r)
+			if err != nil {
+				if status.Code(err) != codes.InvalidArgument {
+					t.Fatalf("error is not InvalidArgument: %v", err)
+				}
+				return
 			}
-			return
-		}
-		if len(resp.GetStatuses()) != len(r.GetDescriptors()) {
-			t.Fatalf("%d statuses for %d descriptors", len(resp.GetStatuses()), len(r.GetDescriptors()))
-		}
-		if err := resp.ValidateAll(); err != nil {
-			t.Fatalf("invalid response: %v", err)
+			if len(resp.GetStatuses()) != len(r.GetDescriptors()) {
+				t.Fatalf("%d statuses for %d descriptors", len(resp.GetStatuses()), len(r.GetDescriptors()))
+			}
+			if err := resp.ValidateAll(); err != nil {
+				t.Fatalf("invalid response: %v", err)
+			}
+			if _, err := proto.Marshal(resp); err != nil {
+				t.Fatalf("response does not marshal: %v", err)
+			}
 		}
 	})
 }
