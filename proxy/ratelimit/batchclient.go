@@ -12,6 +12,7 @@ import (
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -36,6 +37,54 @@ type BatchOptions struct {
 	// the stream again. Default 1 minute.
 	Fallback time.Duration
 	Log      *slog.Logger
+	// Metrics, when set, count what the client does (see BatchMetrics).
+	Metrics *BatchMetrics
+}
+
+// BatchMetrics are the client's Prometheus series, per RLS cluster: calls
+// sent on streams, the stream messages they went in, calls sent unary
+// (fallback or reconnecting), and streams up.
+type BatchMetrics struct {
+	Batched, Messages, Unary prometheus.Counter
+	Streams                  prometheus.Gauge
+}
+
+// NewBatchMetrics registers the series on reg (or finds them registered)
+// and returns cluster's children.
+func NewBatchMetrics(reg prometheus.Registerer, cluster string) (*BatchMetrics, error) {
+	counter := func(name, help string) (*prometheus.CounterVec, error) {
+		return register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"cluster"}))
+	}
+	b, err := counter("sidemesh_proxy_rls_batched_calls_total", "RLS calls sent on sidemesh's batch stream.")
+	if err != nil {
+		return nil, err
+	}
+	m, err := counter("sidemesh_proxy_rls_batch_messages_total", "Batch stream messages sent to RLS (batched calls / messages = mean batch size).")
+	if err != nil {
+		return nil, err
+	}
+	u, err := counter("sidemesh_proxy_rls_unary_calls_total", "RLS calls sent as unary ShouldRateLimit (no batch stream up: RLS without it, or reconnecting).")
+	if err != nil {
+		return nil, err
+	}
+	g, err := register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sidemesh_proxy_rls_batch_streams", Help: "Batch streams to RLS currently up."}, []string{"cluster"}))
+	if err != nil {
+		return nil, err
+	}
+	return &BatchMetrics{Batched: b.WithLabelValues(cluster), Messages: m.WithLabelValues(cluster),
+		Unary: u.WithLabelValues(cluster), Streams: g.WithLabelValues(cluster)}, nil
+}
+
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		are, ok := err.(prometheus.AlreadyRegisteredError)
+		if !ok {
+			var zero C
+			return zero, fmt.Errorf("rls batch metrics: %w", err)
+		}
+		return are.ExistingCollector.(C), nil
+	}
+	return c, nil
 }
 
 // BatchClient is an RLSClient that sends calls as batches on sidemesh's
@@ -104,6 +153,9 @@ func (c *BatchClient) Streaming() bool { return c.live.Load() > 0 }
 // ShouldRateLimit answers exactly as the unary RPC would.
 func (c *BatchClient) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRequest, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {
 	if c.live.Load() == 0 {
+		if m := c.o.Metrics; m != nil {
+			m.Unary.Inc()
+		}
 		return c.unary.ShouldRateLimit(ctx, in, opts...)
 	}
 	b, err := proto.Marshal(in)
@@ -179,6 +231,9 @@ func (c *BatchClient) serveUnary(ctx context.Context, deadline time.Time) {
 }
 
 func (c *BatchClient) unaryCall(ctx context.Context, cl *call) {
+	if m := c.o.Metrics; m != nil {
+		m.Unary.Inc()
+	}
 	var req rlsv3.RateLimitRequest
 	if err := proto.Unmarshal(cl.req, &req); err != nil {
 		cl.done <- callResult{err: status.Errorf(codes.Internal, "re-decoding a queued request: %v", err)}
@@ -264,6 +319,10 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 
 	c.live.Add(1)
 	defer c.live.Add(-1)
+	if m := c.o.Metrics; m != nil {
+		m.Streams.Inc()
+		defer m.Streams.Dec()
+	}
 	age := time.NewTimer(c.o.MaxStreamAge)
 	defer age.Stop()
 	msg := &batchv1.Batch{}
@@ -295,6 +354,10 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 		mu.Unlock()
 		c.batched.Add(uint64(len(msg.Calls)))
 		c.batches.Add(1)
+		if m := c.o.Metrics; m != nil {
+			m.Batched.Add(float64(len(msg.Calls)))
+			m.Messages.Inc()
+		}
 		if err := st.Send(msg); err != nil {
 			// The real reason comes from Recv.
 			return abort(<-recvDone)

@@ -12,6 +12,8 @@ import (
 
 	rlcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -49,8 +51,14 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2})
+	reg := prometheus.NewRegistry()
+	bm, err := NewBatchMetrics(reg, "rls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2, Metrics: bm})
 	waitUntil(t, "a batch stream", bc.Streaming)
+	waitUntil(t, "both streams counted", func() bool { return value(bm.Streams) == 2 })
 
 	// burst sends n calls for user over 64 goroutines; it returns how many
 	// were OK, OVER_LIMIT, and failed.
@@ -97,6 +105,13 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 		t.Fatalf("%d calls went in %d stream messages: want every call streamed, several per message", calls, batches)
 	}
 	t.Logf("%d calls in %d messages (%.1f per message)", calls, batches, float64(calls)/float64(batches))
+	all, msgs := bc.BatchStats()
+	if got := value(bm.Batched); got != float64(all) {
+		t.Fatalf("sidemesh_proxy_rls_batched_calls_total %v, want %d", got, all)
+	}
+	if got := value(bm.Messages); got != float64(msgs) {
+		t.Fatalf("sidemesh_proxy_rls_batch_messages_total %v, want %d", got, msgs)
+	}
 
 	// A bad request is answered per call, as the unary RPC answers it.
 	_, err = bc.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{Domain: "sidemesh"})
@@ -153,7 +168,12 @@ func TestBatchClientFallsBackToUnary(t *testing.T) {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2})
+	reg := prometheus.NewRegistry()
+	bm, err := NewBatchMetrics(reg, "rls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2, Metrics: bm})
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for w := range 32 {
@@ -176,7 +196,20 @@ func TestBatchClientFallsBackToUnary(t *testing.T) {
 		t.Fatalf("%d failed, the server saw %d calls; want 0 and 320", failed.Load(), fake.calls())
 	}
 	waitUntil(t, "unary fallback", func() bool { return !bc.Streaming() && bc.unaryUntil.Load() > 0 })
-	if calls, _ := bc.BatchStats(); calls > 320 {
-		t.Fatalf("%d calls went on streams, more than were made", calls)
+	// Every call ended as a unary RPC: directly, or replayed from a probe.
+	if got := value(bm.Unary); got != 320 {
+		t.Fatalf("sidemesh_proxy_rls_unary_calls_total %v, want 320", got)
 	}
+}
+
+// value reads one counter or gauge.
+func value(c prometheus.Metric) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	if m.Counter != nil {
+		return m.GetCounter().GetValue()
+	}
+	return m.GetGauge().GetValue()
 }

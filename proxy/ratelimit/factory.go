@@ -171,6 +171,14 @@ func (fa *Factory) client(cluster string) (RLSClient, error) {
 		if bo.Log == nil {
 			bo.Log = fa.o.Log.With("rls_cluster", cluster)
 		}
+		if fa.o.Registerer != nil && bo.Metrics == nil {
+			m, err := NewBatchMetrics(fa.o.Registerer, cluster)
+			if err != nil {
+				conn.Close()
+				return nil, err
+			}
+			bo.Metrics = m
+		}
 		c.RLSClient = NewBatchClient(fa.o.Ctx, conn, bo)
 	}
 	c.refresh()
