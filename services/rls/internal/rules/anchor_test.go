@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -475,5 +476,28 @@ func BenchmarkMatch(b *testing.B) {
 				c.Match("b", es)
 			}
 		})
+	}
+}
+
+// TestReadmeRuleExampleLoads keeps the README's rule-format example honest.
+func TestReadmeRuleExampleLoads(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, "## Rule files")
+	j := strings.Index(s[i:], "```yaml\n")
+	if i < 0 || j < 0 {
+		t.Fatal("README has no rule example")
+	}
+	body := s[i+j+len("```yaml\n"):]
+	body = body[:strings.Index(body, "```")]
+	c, err := Parse([]File{{Name: "README.md", Data: []byte(body)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Match("edge", entries("files", "files/x")); l == nil || !l.SharedKey {
+		t.Fatalf("files/x: %+v", l)
 	}
 }
