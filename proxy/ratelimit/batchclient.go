@@ -276,18 +276,27 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 			delete(pending, id)
 		}
 	}
-	// abort ends the stream on err. A server without the extension says
-	// UNIMPLEMENTED before any answer: what the stream took is replayed as
-	// unary calls, so probing it loses nothing.
+	// replay sends every unanswered call again as a unary RPC. Only safe
+	// when the server processed none of them: it refused the stream
+	// (UNIMPLEMENTED before any answer) or ended it cleanly (OK status: a
+	// draining bin/rls answers every call it read before it ends).
+	replay := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for id, cl := range pending {
+			delete(pending, id)
+			go c.unaryCall(ctx, cl)
+		}
+	}
+	// abort ends the stream on err.
 	abort := func(err error) (bool, error) {
 		if status.Code(err) == codes.Unimplemented && !answered.Load() {
-			mu.Lock()
-			for id, cl := range pending {
-				delete(pending, id)
-				go c.unaryCall(ctx, cl)
-			}
-			mu.Unlock()
+			replay()
 			return false, err
+		}
+		if errors.Is(err, io.EOF) {
+			replay()
+			return true, errServerEnded
 		}
 		failAll(status.Errorf(codes.Unavailable, "rls batch stream: %v", err))
 		return answered.Load(), err
@@ -333,7 +342,7 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 		case err := <-recvDone:
 			return abort(err)
 		case <-age.C:
-			return c.closeStream(st, recvDone, failAll)
+			return c.closeStream(st, recvDone, replay, failAll)
 		case <-ctx.Done():
 			failAll(status.FromContextError(ctx.Err()).Err())
 			return answered.Load(), ctx.Err()
@@ -367,16 +376,19 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 
 // closeStream ends an aged stream: no more sends, every outstanding answer
 // still delivered.
-func (c *BatchClient) closeStream(st grpc.BidiStreamingClient[batchv1.Batch, batchv1.Answers], recvDone <-chan error, failAll func(error)) (bool, error) {
+func (c *BatchClient) closeStream(st grpc.BidiStreamingClient[batchv1.Batch, batchv1.Answers], recvDone <-chan error, replay func(), failAll func(error)) (bool, error) {
 	if err := st.CloseSend(); err != nil {
 		failAll(status.Errorf(codes.Unavailable, "rls batch stream: %v", err))
 		return true, err
 	}
 	err := <-recvDone
 	if errors.Is(err, io.EOF) {
-		failAll(status.Error(codes.Unavailable, "rls batch stream closed with calls unanswered"))
+		replay() // normally none: the server answers all it read
 		return true, nil
 	}
 	failAll(status.Errorf(codes.Unavailable, "rls batch stream: %v", err))
 	return true, err
 }
+
+// errServerEnded: the server ended the stream cleanly (draining).
+var errServerEnded = errors.New("rls ended the batch stream (draining)")

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ func userReq(user string) *rlsv3.RateLimitRequest {
 // batch streams to two real rls processes on one Redis. A limit of 50 per
 // minute admits exactly 50 of 400 calls, the calls really travel batched,
 // invalid requests get the unary RPC's INVALID_ARGUMENT, and killing one
-// replica under load leaves the client answering through the other.
+// replica gracefully under load (SIGTERM) fails not one call.
 func TestBatchClientExactAcrossReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the rls binary")
@@ -119,11 +120,12 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 		t.Fatalf("empty descriptors: %v, want InvalidArgument", err)
 	}
 
-	// One replica dies under load: calls keep being answered (a few in
-	// flight at the kill may fail: the filter's failure mode covers them).
+	// One replica is stopped (SIGTERM) under load, as in a rolling update:
+	// it drains its batch streams, the client replays what they had not
+	// read on the other replica, and not one call fails.
 	stop := make(chan struct{})
-	var afterKill atomic.Int64
-	var killed atomic.Bool
+	var afterStop, failures atomic.Int64
+	var stopped atomic.Bool
 	var loadWG sync.WaitGroup
 	for w := range 16 {
 		loadWG.Add(1)
@@ -138,20 +140,31 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				_, err := bc.ShouldRateLimit(cctx, userReq(fmt.Sprintf("k%d-%d", w, i)))
 				cancel()
-				if err == nil && killed.Load() {
-					afterKill.Add(1)
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("call failed across a graceful replica stop: %v", err)
+					return
+				}
+				if stopped.Load() {
+					afterStop.Add(1)
 				}
 			}
 		}()
 	}
-	_ = r1.cmd.Process.Kill()
+	waitUntil(t, "load running", func() bool { c, _ := bc.BatchStats(); return c > calls+calls0+500 })
+	if err := r1.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	<-r1.exited
-	killed.Store(true)
-	waitUntil(t, "calls answered after one replica died", func() bool { return afterKill.Load() > 200 })
+	stopped.Store(true)
+	waitUntil(t, "calls answered after one replica stopped", func() bool { return afterStop.Load() > 200 || failures.Load() > 0 })
 	close(stop)
 	loadWG.Wait()
 	if !bc.Streaming() {
-		t.Fatal("no batch stream after one replica died; the other is up")
+		t.Fatal("no batch stream after one replica stopped; the other is up")
+	}
+	if code := r1.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("rls stopped with exit code %d, want 0 (drained)", code)
 	}
 }
 

@@ -187,7 +187,8 @@ func run(ctx context.Context, env *app.Env) error {
 	rlsv3.RegisterRateLimitServiceServer(gs, svc)
 	// sidemesh's batch stream (proto/ratelimitbatch): the same answers,
 	// many calls per message; Envoy keeps using the unary RPC.
-	batchv1.RegisterRateLimitBatchServer(gs, batch.New(svc, 0))
+	bs := batch.New(svc, 0)
+	batchv1.RegisterRateLimitBatchServer(gs, bs)
 	gs.Health.SetServingStatus(rlsv3.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	env.Log.Info("rls listening", "grpc", ln.Addr().String(), "backend", str("backend"), "rules", str("rules"))
 	return env.Serve(
@@ -196,7 +197,17 @@ func run(ctx context.Context, env *app.Env) error {
 				return fmt.Errorf("grpc: %w", err)
 			}
 			return nil
-		}, Shutdown: gs.Shutdown},
+		}, Shutdown: func(ctx context.Context) error {
+			// GracefulStop first (GOAWAY: clients open new streams
+			// elsewhere), then end the long-lived batch streams, which it
+			// would otherwise wait for until the drain timeout.
+			stopped := make(chan error, 1)
+			go func() { stopped <- gs.Shutdown(ctx) }()
+			if err := bs.Drain(ctx); err != nil {
+				env.Log.Warn("batch streams did not drain", "err", err)
+			}
+			return <-stopped
+		}},
 		lifecycle.Func("rules-watcher", watcher.Run),
 	)
 }

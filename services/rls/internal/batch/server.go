@@ -39,6 +39,13 @@ type Server struct {
 	batchv1.UnimplementedRateLimitBatchServer
 	checker     Checker
 	maxInFlight int
+
+	// Drain: mu guards draining against a stream taking a new call, so
+	// once Drain holds it no stream starts one.
+	mu       sync.RWMutex
+	draining bool
+	drain    chan struct{}
+	streams  sync.WaitGroup
 }
 
 // New serves c. maxInFlight ≤ 0 means DefaultMaxInFlight.
@@ -46,25 +53,77 @@ func New(c Checker, maxInFlight int) *Server {
 	if maxInFlight <= 0 {
 		maxInFlight = DefaultMaxInFlight
 	}
-	return &Server{checker: c, maxInFlight: maxInFlight}
+	return &Server{checker: c, maxInFlight: maxInFlight, drain: make(chan struct{})}
+}
+
+// Drain ends every stream cleanly: calls already taken are answered, calls
+// not yet read are left unprocessed, and each stream ends with OK, which
+// tells the client that every unanswered call was never processed (so it
+// can safely send those again elsewhere). New streams end at once. Call it
+// after the gRPC server stopped taking new connections (GracefulStop sends
+// GOAWAY), so clients move to other replicas; it returns when every stream
+// has ended or ctx is done.
+func (s *Server) Drain(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.draining {
+		s.draining = true
+		close(s.drain)
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.streams.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("draining rate-limit batch streams: %w", ctx.Err())
+	}
+}
+
+// take reserves one in-flight call unless the server is draining.
+func (s *Server) take(wg *sync.WaitGroup) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.draining {
+		return false
+	}
+	wg.Add(1)
+	return true
 }
 
 // Check answers every call of every batch on the stream until the client
 // closes its side, then returns once every answer is sent.
 func (s *Server) Check(stream grpc.BidiStreamingServer[batchv1.Batch, batchv1.Answers]) error {
+	s.mu.RLock()
+	if s.draining {
+		s.mu.RUnlock()
+		return nil
+	}
+	s.streams.Add(1)
+	s.mu.RUnlock()
+	defer s.streams.Done()
+
 	ctx := stream.Context()
 	out := make(chan *batchv1.Answer, s.maxInFlight)
 	slots := make(chan struct{}, s.maxInFlight)
 	sendErr := make(chan error, 1)
 	go func() { sendErr <- s.send(stream, out, slots) }()
 
+	// The receive loop runs on its own goroutine so a drain need not wait
+	// for the client's next message; after the handler returns, its Recv
+	// fails and it exits.
 	var wg sync.WaitGroup
-	recvErr := s.receive(ctx, stream, out, slots, &wg)
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- s.receive(ctx, stream, out, slots, &wg) }()
+	var err error
+	select {
+	case err = <-recvErr:
+	case <-s.drain:
+	}
 	wg.Wait()
 	close(out)
-	err := <-sendErr
-	if recvErr != nil {
-		return recvErr
+	if serr := <-sendErr; err == nil {
+		err = serr
 	}
 	return err
 }
@@ -87,7 +146,9 @@ func (s *Server) receive(ctx context.Context, stream grpc.BidiStreamingServer[ba
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			wg.Add(1)
+			if !s.take(wg) {
+				return nil // draining: this call and the rest stay unprocessed
+			}
 			go func() {
 				defer wg.Done()
 				out <- s.answer(ctx, c)

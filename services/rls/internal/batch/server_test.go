@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,5 +147,109 @@ func TestBatchAnswersEveryCallLikeUnary(t *testing.T) {
 	var resp rlsv3.RateLimitResponse
 	if err := proto.Unmarshal(got[102].GetResponse(), &resp); err != nil || got[102].GetCode() != 0 || resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
 		t.Fatalf("unknown domain: code %d %v %v, want OK", got[102].GetCode(), resp.GetOverallCode(), err)
+	}
+}
+
+// gate is a Checker that holds every call until released, counting them.
+type gate struct {
+	entered chan struct{}
+	release chan struct{}
+	seen    atomic.Int64
+}
+
+func (g *gate) ShouldRateLimit(ctx context.Context, _ *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	g.seen.Add(1)
+	g.entered <- struct{}{}
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}, nil
+}
+
+// TestDrainAnswersWhatItTookAndEndsStreams: Drain waits for the calls a
+// stream already took, delivers their answers, ends the stream with OK
+// (so the client knows the rest were never processed), refuses new streams,
+// and processes nothing sent after it.
+func TestDrainAnswersWhatItTookAndEndsStreams(t *testing.T) {
+	g := &gate{entered: make(chan struct{}, 16), release: make(chan struct{})}
+	srv := New(g, 0)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	batchv1.RegisterRateLimitBatchServer(gs, srv)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cl := batchv1.NewRateLimitBatchClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := cl.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []*batchv1.Call
+	for i := range 3 {
+		calls = append(calls, call(t, uint64(i+1), user("a")))
+	}
+	if err := st.Send(&batchv1.Batch{Calls: calls}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		<-g.entered // all three taken and in the checker
+	}
+	drained := make(chan error, 1)
+	go func() { drained <- srv.Drain(ctx) }()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		srv.mu.RLock()
+		d := srv.draining
+		srv.mu.RUnlock()
+		if d {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("drain never began")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Sent after the drain began: never processed.
+	_ = st.Send(&batchv1.Batch{Calls: []*batchv1.Call{call(t, 9, user("b"))}})
+	close(g.release)
+	got := map[uint64]bool{}
+	for {
+		a, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("stream ended with %v, want OK (EOF)", err)
+		}
+		for _, an := range a.GetAnswers() {
+			got[an.GetId()] = true
+		}
+	}
+	if len(got) != 3 || !got[1] || !got[2] || !got[3] {
+		t.Fatalf("answers %v, want exactly calls 1, 2, 3", got)
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if n := g.seen.Load(); n != 3 {
+		t.Fatalf("the checker saw %d calls, want 3 (none after the drain)", n)
+	}
+	// A stream opened while draining ends at once, cleanly.
+	st2, err := cl.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st2.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("new stream while draining: %v, want EOF", err)
 	}
 }
