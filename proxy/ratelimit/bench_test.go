@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +40,13 @@ func BenchmarkCheckRealRLS(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	bc := NewBatchClient(bctx, conn, BatchOptions{})
+	fb, err := New(filterConf(time.Second, false), bc, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	route := userRoute(b)
 	// The filter's own work (descriptors, decision) without RLS: a
 	// descriptor-less request never calls out.
@@ -49,8 +57,14 @@ func BenchmarkCheckRealRLS(b *testing.B) {
 			f.Descriptors(r, route)
 		}
 	})
-	for _, par := range []int{1, 64} {
-		b.Run(fmt.Sprintf("conc=%d", par), func(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		par  int
+		f    *Filter
+	}{{"unary/conc=1", 1, f}, {"unary/conc=64", 64, f}, {"batch/conc=1", 1, fb}, {"batch/conc=64", 64, fb}} {
+		par, f := tc.par, tc.f
+		b.Run(tc.name, func(b *testing.B) {
+			cpu0 := selfCPU()
 			var mu sync.Mutex
 			var lat []time.Duration
 			var i atomic.Int64
@@ -78,6 +92,7 @@ func BenchmarkCheckRealRLS(b *testing.B) {
 			}
 			wg.Wait()
 			b.StopTimer()
+			b.ReportMetric(float64((selfCPU()-cpu0).Nanoseconds())/1e3/float64(b.N), "client_cpu_us/op")
 			slices.Sort(lat)
 			if len(lat) > 0 {
 				b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50_us")
@@ -85,6 +100,15 @@ func BenchmarkCheckRealRLS(b *testing.B) {
 			}
 		})
 	}
+}
+
+// selfCPU is this process's user+system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkProxyCore: the proxy core in-process with and without the
