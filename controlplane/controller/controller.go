@@ -80,6 +80,7 @@ func New(path string, debounce time.Duration, log *slog.Logger, apply Applier, r
 // stays served and the error is kept for /model.
 func (c *Controller) Load(ctx context.Context) error {
 	var m *model.Mesh
+	start := time.Now()
 	srcs, err := model.Read(c.path)
 	if err == nil {
 		c.mu.Lock()
@@ -87,10 +88,14 @@ func (c *Controller) Load(ctx context.Context) error {
 		c.mu.Unlock()
 		m, err = model.Parse(srcs...)
 	}
+	parsed := time.Now()
 	if err == nil {
 		c.mu.Lock()
 		err = c.serve(ctx, m, c.health)
 		c.mu.Unlock()
+	}
+	if err == nil {
+		c.log.Info("model loaded", "path", c.path, "parse", parsed.Sub(start), "translate_apply", time.Since(parsed))
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -265,8 +270,6 @@ func (c *Controller) watch(ctx context.Context, watching func()) error {
 			fire, replaced = nil, false
 			if err := c.Load(ctx); err != nil {
 				c.log.Error("model reload failed; still serving the last good model", "err", err)
-			} else {
-				c.log.Info("model reloaded", "path", c.path)
 			}
 		}
 	}

@@ -92,6 +92,7 @@ func TestCodecSharesResourceBytes(t *testing.T) {
 			r := &discoveryv3.Resource{Name: fmt.Sprintf("svc-%d", i), Version: fmt.Sprintf("h%d", i), Resource: a}
 			if i%7 == 0 {
 				r.Aliases = []string{"alias"}
+				r.ResourceName = &discoveryv3.ResourceName{Name: r.Name}
 				r.Ttl = durationpb.New(time.Second)
 				r.CacheControl = &discoveryv3.Resource_CacheControl{DoNotCache: true}
 				r.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"k": {}}}
@@ -184,4 +185,19 @@ func TestCodecOverGRPC(t *testing.T) {
 		got = append(got, res.GetResource())
 	}
 	check("delta", got)
+}
+
+// plainResource checks fields by name; a Resource field it does not know
+// would be dropped by the fast path, so the field list is pinned here.
+func TestPlainResourceKnowsEveryField(t *testing.T) {
+	var got []string
+	fs := (&discoveryv3.Resource{}).ProtoReflect().Descriptor().Fields()
+	for i := range fs.Len() {
+		got = append(got, string(fs.Get(i).Name()))
+	}
+	slices.Sort(got)
+	want := []string{"aliases", "cache_control", "metadata", "name", "resource", "resource_name", "ttl", "version"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("discovery.v3.Resource fields are %v; plainResource knows %v: teach it the new ones", got, want)
+	}
 }

@@ -311,6 +311,7 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 		s.versions[name] = vers
 	}
 	s.out = out
+	s.log.Debug("config applied", "took", time.Since(now))
 	return nil
 }
 
