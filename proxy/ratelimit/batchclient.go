@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -347,6 +348,11 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 			failAll(status.FromContextError(ctx.Err()).Err())
 			return answered.Load(), ctx.Err()
 		}
+		// Let the goroutines that are ready run first: under load each
+		// adds its call to the queue, and they all leave in this message.
+		// (Without it, on few cores the woken worker runs before anyone
+		// else and sends one call per message.) Idle: returns at once.
+		runtime.Gosched()
 		msg.Calls = append(msg.Calls[:0], &batchv1.Call{Id: first.id, Request: first.req})
 		mu.Lock()
 		pending[first.id] = first

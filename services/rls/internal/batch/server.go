@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
@@ -25,6 +26,13 @@ import (
 // Checker is the unary handler every call is answered by.
 type Checker interface {
 	ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error)
+}
+
+// BatchChecker answers many requests at once, each exactly as
+// ShouldRateLimit would (the rate-limit service with a Redis backend: one
+// hand-off to the pipeline for the whole batch).
+type BatchChecker interface {
+	ShouldRateLimitBatch(ctx context.Context, reqs []*rlsv3.RateLimitRequest, resps []*rlsv3.RateLimitResponse, errs []error)
 }
 
 // DefaultMaxInFlight bounds the calls one stream may have outstanding; past
@@ -137,23 +145,60 @@ func (s *Server) receive(ctx context.Context, stream grpc.BidiStreamingServer[ba
 		if err != nil {
 			return err
 		}
-		// Each call gets its own goroutine, so the backend sees them
-		// concurrently and pipelines them; the receive loop never waits on
-		// the backend.
-		for _, c := range b.GetCalls() {
+		// A message's calls are answered off the receive loop, which never
+		// waits on the backend: together by a BatchChecker, otherwise each
+		// on its own goroutine so the backend sees them concurrently.
+		calls := b.GetCalls()
+		for range calls {
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			if !s.take(wg) {
-				return nil // draining: this call and the rest stay unprocessed
-			}
+		}
+		if !s.take(wg) {
+			return nil // draining: these calls and the rest stay unprocessed
+		}
+		if bc, ok := s.checker.(BatchChecker); ok {
+			go func() {
+				defer wg.Done()
+				s.answerBatch(ctx, bc, calls, out)
+			}()
+			continue
+		}
+		for _, c := range calls {
+			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				out <- s.answer(ctx, c)
 			}()
 		}
+		wg.Done()
+	}
+}
+
+// answerBatch runs a message's calls through one ShouldRateLimitBatch.
+func (s *Server) answerBatch(ctx context.Context, bc BatchChecker, calls []*batchv1.Call, out chan<- *batchv1.Answer) {
+	reqs := make([]*rlsv3.RateLimitRequest, 0, len(calls))
+	ids := make([]uint64, 0, len(calls))
+	for _, c := range calls {
+		req := &rlsv3.RateLimitRequest{}
+		if err := proto.Unmarshal(c.GetRequest(), req); err != nil {
+			out <- &batchv1.Answer{Id: c.GetId(), Code: int32(codes.InvalidArgument),
+				Message: fmt.Sprintf("call %d: request is not a RateLimitRequest: %v", c.GetId(), err)}
+			continue
+		}
+		reqs = append(reqs, req)
+		ids = append(ids, c.GetId())
+	}
+	if len(reqs) == 0 {
+		return
+	}
+	resps := make([]*rlsv3.RateLimitResponse, len(reqs))
+	errs := make([]error, len(reqs))
+	bc.ShouldRateLimitBatch(ctx, reqs, resps, errs)
+	for i := range reqs {
+		out <- encode(ids[i], resps[i], errs[i])
 	}
 }
 
@@ -167,6 +212,13 @@ func (s *Server) answer(ctx context.Context, c *batchv1.Call) *batchv1.Answer {
 		return a
 	}
 	resp, err := s.checker.ShouldRateLimit(ctx, &req)
+	return encode(c.GetId(), resp, err)
+}
+
+// encode turns one call's outcome into its answer; a failure carries the
+// status ShouldRateLimit would have returned.
+func encode(id uint64, resp *rlsv3.RateLimitResponse, err error) *batchv1.Answer {
+	a := &batchv1.Answer{Id: id}
 	if err != nil {
 		st := status.Convert(err)
 		a.Code, a.Message = int32(st.Code()), st.Message()
@@ -188,6 +240,10 @@ func (s *Server) send(stream grpc.BidiStreamingServer[batchv1.Batch, batchv1.Ans
 	var sendErr error
 	msg := &batchv1.Answers{}
 	for a := range out {
+		// Let the handlers that are ready finish first, so their answers
+		// leave in this message (on few cores the woken sender would
+		// otherwise run first and send one answer per message).
+		runtime.Gosched()
 		msg.Answers = append(msg.Answers[:0], a)
 	fill:
 		for len(msg.Answers) < maxAnswers {

@@ -55,6 +55,23 @@ type Backend interface {
 	Check(ctx context.Context, now time.Time, items []Item, results []Result) error
 }
 
+// Request is one request's items for BatchBackend: Results gets one entry
+// per item, Err the request's failure.
+type Request struct {
+	Now     time.Time
+	Items   []Item
+	Results []Result
+	Err     error
+}
+
+// BatchBackend is a Backend that can take many requests at once (each
+// still atomic on its own), so a batch of calls costs one hand-off and one
+// wait instead of one per request.
+type BatchBackend interface {
+	Backend
+	CheckBatch(ctx context.Context, reqs []Request)
+}
+
 // ErrUnavailable wraps backend failures (timeouts, connection errors, open
 // circuit breaker): the service applies its failure mode.
 var ErrUnavailable = errors.New("rate-limit backend unavailable")

@@ -9,6 +9,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -81,6 +82,9 @@ type call struct {
 type job struct {
 	calls []call
 	done  chan struct{}
+	// group: more jobs queued with this one (a CheckBatch), so the
+	// executor takes them together into one pipeline.
+	group []*job
 }
 
 // New starts the backend's pipeline executors; Close stops them.
@@ -161,24 +165,92 @@ func (r *Redis) Ping(ctx context.Context) error {
 
 // Check implements limiter.Backend.
 func (r *Redis) Check(ctx context.Context, now time.Time, items []limiter.Item, results []limiter.Result) error {
+	j, err := r.submit(now, items)
+	if err != nil {
+		return err
+	}
+	return r.collect(ctx, j, now, items, results)
+}
+
+// CheckBatch implements limiter.BatchBackend: every request is queued
+// before the first wait, so the executor sees them all at once and they
+// share one pipeline (up to --redis-batch-size).
+func (r *Redis) CheckBatch(ctx context.Context, reqs []limiter.Request) {
+	jobs := make([]*job, len(reqs))
+	var ready []int // requests built, not yet queued
+	flush := func() {
+		if len(ready) == 0 {
+			return
+		}
+		head := jobs[ready[0]]
+		head.group = head.group[:0]
+		for _, i := range ready[1:] {
+			head.group = append(head.group, jobs[i])
+		}
+		if err := r.enqueue(head); err != nil {
+			for _, i := range ready {
+				r.jobPool.Put(jobs[i])
+				jobs[i], reqs[i].Err = nil, err
+			}
+		}
+		ready = ready[:0]
+	}
+	for i := range reqs {
+		if !r.br.allow(reqs[i].Now) {
+			r.errs.WithLabelValues("breaker_open").Inc()
+			reqs[i].Err = fmt.Errorf("%w: circuit breaker open", limiter.ErrUnavailable)
+			continue
+		}
+		j := r.jobPool.Get().(*job)
+		j.calls = r.buildCalls(j.calls[:0], reqs[i].Now, reqs[i].Now.UnixMicro(), reqs[i].Items)
+		j.group = j.group[:0]
+		jobs[i] = j
+		if ready = append(ready, i); len(ready) == r.opts.BatchSize {
+			flush()
+		}
+	}
+	flush()
+	for i := range reqs {
+		if jobs[i] != nil {
+			reqs[i].Err = r.collect(ctx, jobs[i], reqs[i].Now, reqs[i].Items, reqs[i].Results)
+		}
+	}
+}
+
+// submit queues one request's calls for the executor.
+func (r *Redis) submit(now time.Time, items []limiter.Item) (*job, error) {
 	if !r.br.allow(now) {
 		r.errs.WithLabelValues("breaker_open").Inc()
-		return fmt.Errorf("%w: circuit breaker open", limiter.ErrUnavailable)
+		return nil, fmt.Errorf("%w: circuit breaker open", limiter.ErrUnavailable)
 	}
-	nowUS := now.UnixMicro()
 	j := r.jobPool.Get().(*job)
-	j.calls = r.buildCalls(j.calls[:0], now, nowUS, items)
-	// No timer per call: an executor finishes every pipeline within Timeout,
-	// so a queued job is answered within its wait in the queue plus Timeout;
-	// the caller's context still bounds the wait.
+	j.calls = r.buildCalls(j.calls[:0], now, now.UnixMicro(), items)
+	j.group = j.group[:0]
+	if err := r.enqueue(j); err != nil {
+		r.jobPool.Put(j)
+		return nil, err
+	}
+	return j, nil
+}
+
+// enqueue hands j (and its group) to the executor without blocking.
+func (r *Redis) enqueue(j *job) error {
 	select {
 	case r.queue <- j:
+		return nil
 	default:
 		// Counts as a failure (it also ends a half-open probe that never ran).
-		r.br.failure(now)
+		r.br.failure(time.Now())
 		r.errs.WithLabelValues("queue_full").Inc()
 		return fmt.Errorf("%w: redis queue full", limiter.ErrUnavailable)
 	}
+}
+
+// collect waits for a submitted job and reads its results. No timer per
+// call: an executor finishes every pipeline within Timeout, so a queued job
+// is answered within its wait in the queue plus Timeout; the caller's
+// context still bounds the wait.
+func (r *Redis) collect(ctx context.Context, j *job, now time.Time, items []limiter.Item, results []limiter.Result) error {
 	select {
 	case <-j.done:
 	case <-ctx.Done():
@@ -186,6 +258,7 @@ func (r *Redis) Check(ctx context.Context, now time.Time, items []limiter.Item, 
 		return fmt.Errorf("%w: %v", limiter.ErrUnavailable, ctx.Err())
 	}
 	defer r.jobPool.Put(j)
+	nowUS := now.UnixMicro()
 	for ci := range j.calls {
 		c := &j.calls[ci]
 		if c.err != nil {
@@ -371,14 +444,18 @@ func (r *Redis) executor() {
 		case <-r.stop:
 			return
 		case j := <-r.queue:
-			batch = append(batch[:0], j)
+			batch = append(append(batch[:0], j), j.group...)
 		}
+		// Let handlers that are ready queue their requests first: they
+		// join this pipeline (on few cores the woken executor would
+		// otherwise run first and send one request per pipeline).
+		runtime.Gosched()
 		waited := r.opts.BatchWait <= 0
 	fill:
 		for len(batch) < r.opts.BatchSize {
 			select {
 			case j := <-r.queue:
-				batch = append(batch, j)
+				batch = append(append(batch, j), j.group...)
 				continue
 			default:
 			}
@@ -394,7 +471,7 @@ func (r *Redis) executor() {
 			for len(batch) < r.opts.BatchSize {
 				select {
 				case j := <-r.queue:
-					batch = append(batch, j)
+					batch = append(append(batch, j), j.group...)
 				case <-wait.C:
 					break fill
 				}

@@ -213,3 +213,60 @@ func TestSlot(t *testing.T) {
 		t.Fatal("window keys of one descriptor must share a slot")
 	}
 }
+
+// TestCheckBatchIsOneRoundTripAndExact: 40 requests for one key under a
+// limit of 25, plus a two-item request whose second item is already over,
+// all in one CheckBatch: exactly 25 admitted in order, the rejected
+// two-item request charges neither item, and the whole batch is one round
+// trip.
+func TestCheckBatchIsOneRoundTripAndExact(t *testing.T) {
+	srv := redistest.Start(t)
+	reg := prometheus.NewRegistry()
+	b := newBackend(t, srv, func(o *Options) { o.Registerer = reg; o.Pipelines = 1; o.BatchSize = 256 })
+	now := time.Now()
+	key := func(v string) string { return limiter.Key("cb:", rules.FixedWindow, time.Hour, "d", "k", v) }
+	item := func(v string, limit uint32) limiter.Item {
+		return limiter.Item{Key: key(v), Unit: time.Hour, Limit: limit, Hits: 1, Enforce: true}
+	}
+	var reqs []limiter.Request
+	for range 40 {
+		reqs = append(reqs, limiter.Request{Now: now, Items: []limiter.Item{item("hot", 25)}, Results: make([]limiter.Result, 1)})
+	}
+	// "full" allows 0 more: the pair is rejected and "side" is not charged.
+	reqs = append(reqs, limiter.Request{Now: now, Items: []limiter.Item{item("side", 10), item("full", 0)}, Results: make([]limiter.Result, 2)})
+	// Load the script first (a fresh Redis answers NOSCRIPT once).
+	if err := b.Check(context.Background(), now, []limiter.Item{item("warm", 10)}, make([]limiter.Result, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var m0 dto.Metric
+	b.roundTrips.Write(&m0)
+	b.CheckBatch(context.Background(), reqs)
+	var m1 dto.Metric
+	b.roundTrips.Write(&m1)
+	admitted := 0
+	for i, r := range reqs[:40] {
+		if r.Err != nil {
+			t.Fatalf("request %d: %v", i, r.Err)
+		}
+		if !r.Results[0].Over {
+			if i != admitted {
+				t.Fatalf("request %d admitted after %d: not in order", i, admitted)
+			}
+			admitted++
+		}
+	}
+	if admitted != 25 {
+		t.Fatalf("%d admitted, want exactly 25", admitted)
+	}
+	pair := reqs[40]
+	if pair.Err != nil || pair.Results[0].Charged || !pair.Results[1].Over {
+		t.Fatalf("pair: err %v results %+v: want rejected, nothing charged", pair.Err, pair.Results)
+	}
+	ws := limiter.WindowStart(now, time.Hour)
+	if v := get(t, srv, "GET", limiter.WindowKey(key("side"), ws)); v != "" && v != "0" {
+		t.Fatalf("side counter %q after a rejected request, want unset", v)
+	}
+	if rt := m1.GetCounter().GetValue() - m0.GetCounter().GetValue(); rt != 1 {
+		t.Fatalf("%v round trips for one batch, want 1", rt)
+	}
+}

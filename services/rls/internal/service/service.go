@@ -147,13 +147,46 @@ type slot struct {
 	quota bool
 }
 
+// pending is one request between prepare (rules, local decisions, backend
+// items) and finish (backend results → response). Unary calls keep it on
+// the stack; a batch keeps one per call.
+type pending struct {
+	req             *rlsv3.RateLimitRequest
+	start           time.Time
+	now             time.Time
+	nowUS           int64
+	resp            *rlsv3.RateLimitResponse
+	err             error // answered in prepare (invalid request)
+	answered        bool  // answered in prepare (resp or err is final)
+	slots           []slot
+	items           []limiter.Item
+	results         []limiter.Result
+	rejectedByCache bool
+
+	slotBuf [4]slot
+	itemBuf [4]limiter.Item
+	resBuf  [4]limiter.Result
+}
+
 // ShouldRateLimit implements the RLS API.
 func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
-	start := time.Now()
-	defer func() { s.m.latency.Observe(time.Since(start).Seconds()) }()
+	var p pending
+	var err error
+	if s.prepare(&p, req) {
+		err = s.o.Backend.Check(ctx, p.now, p.items, p.results)
+	}
+	return s.finish(&p, err)
+}
+
+// prepare validates req, matches its descriptors and decides what it can
+// without the backend. It reports whether the backend must count p.items
+// into p.results.
+func (s *Service) prepare(p *pending, req *rlsv3.RateLimitRequest) bool {
+	p.req, p.start = req, time.Now()
 	if err := s.o.Limits.Validate(req); err != nil {
 		s.m.code("invalid").Inc()
-		return nil, err
+		p.err, p.answered = err, true
+		return false
 	}
 	cfg := s.rules.Load()
 	domain := req.GetDomain()
@@ -162,6 +195,7 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 		OverallCode: rlsv3.RateLimitResponse_OK,
 		Statuses:    make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(descs)),
 	}
+	p.resp = resp
 	if !cfg.HasDomain(domain) && !hasOverride(descs) {
 		s.m.noDomain.Inc()
 		for i := range resp.Statuses {
@@ -171,14 +205,14 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 			resp.DynamicMetadata = dynamicMetadata(req, nil, resp.Statuses)
 		}
 		s.m.code("ok").Inc()
-		return resp, nil
+		p.answered = true
+		return false
 	}
 	reqHits := req.GetHitsAddend()
 	if reqHits == 0 {
 		reqHits = 1
 	}
-	var slotBuf [4]slot
-	slots := slotBuf[:0]
+	slots := p.slotBuf[:0]
 	var replaced map[string]bool
 	for _, d := range descs {
 		sl := slot{item: -1, hits: reqHits}
@@ -202,8 +236,8 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 	}
 	now := s.o.Now()
 	nowUS := now.UnixMicro()
-	var itemBuf [4]limiter.Item
-	items := itemBuf[:0]
+	p.now, p.nowUS = now, nowUS
+	items := p.itemBuf[:0]
 	rejectedByCache := false
 	// Quota descriptors as answer counts them: matched quota_mode limits,
 	// and under the global switch every descriptor but unlimited ones.
@@ -263,19 +297,30 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 		sl.item = len(items)
 		items = append(items, it)
 	}
-	var backendErr error
-	var results []limiter.Result
-	if len(items) > 0 && !rejectedByCache {
-		var resBuf [4]limiter.Result
-		results = resBuf[:0]
-		for range items {
-			results = append(results, limiter.Result{})
+	p.slots, p.items, p.rejectedByCache = slots, items, rejectedByCache
+	if len(items) == 0 || rejectedByCache {
+		return false
+	}
+	p.results = p.resBuf[:0]
+	for range items {
+		p.results = append(p.results, limiter.Result{})
+	}
+	return true
+}
+
+// finish builds the answer from the backend's results (or its error).
+func (s *Service) finish(p *pending, backendErr error) (*rlsv3.RateLimitResponse, error) {
+	defer func() { s.m.latency.Observe(time.Since(p.start).Seconds()) }()
+	if p.answered {
+		if p.err != nil {
+			return nil, p.err
 		}
-		backendErr = s.o.Backend.Check(ctx, now, items, results)
+		return p.resp, nil
 	}
 	if backendErr != nil {
-		return s.failed(req, resp, slots, backendErr)
+		return s.failed(p.req, p.resp, p.slots, backendErr)
 	}
+	slots, items, results, nowUS := p.slots, p.items, p.results, p.nowUS
 	for i := range slots {
 		sl := &slots[i]
 		if sl.item >= 0 && results != nil {
@@ -285,8 +330,8 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 			}
 		}
 	}
-	s.answer(req, resp, slots, rejectedByCache)
-	return resp, nil
+	s.answer(p.req, p.resp, slots, p.rejectedByCache)
+	return p.resp, nil
 }
 
 func hasOverride(descs []*rlcommon.RateLimitDescriptor) bool {
