@@ -215,14 +215,15 @@ func decode(src Source, loc *locator) (*Mesh, error) {
 		return nil, &Error{File: src.Name, Line: extra.Line, Reason: "more than one YAML document; put one model per file"}
 	}
 	loc.roots[src.Name] = &root
-	var unknown []string
-	if len(root.Content) > 0 {
-		unknown = knownFields(root.Content[0], reflect.TypeOf(m).Elem(), nil, 0)
-	}
+	// Decode first: it refuses excessive aliasing, which bounds the walk.
 	err := root.Decode(m)
 	var te *yaml.TypeError
 	if err != nil && !errors.As(err, &te) {
 		return nil, yamlError(src.Name, err)
+	}
+	var unknown []string
+	if len(root.Content) > 0 {
+		unknown = knownFields(root.Content[0], reflect.TypeOf(m).Elem(), nil, 0)
 	}
 	if len(unknown) > 0 || te != nil {
 		if te != nil {

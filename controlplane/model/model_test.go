@@ -1,7 +1,9 @@
 package model
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -132,6 +134,12 @@ func FuzzParse(f *testing.F) {
 		}
 		if err != nil && err.Error() == "" {
 			t.Fatal("empty error")
+		}
+		// Parsing once must be as strict as yaml.v3's strict decoder.
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if serr := dec.Decode(&Mesh{}); serr != nil && !errors.Is(serr, io.EOF) && err == nil {
+			t.Fatalf("the strict decoder rejects what Parse accepts: %v", serr)
 		}
 	})
 }
