@@ -317,4 +317,13 @@ type Inbound struct {
 // Outbound is the sidecar's listener the app sends mesh traffic to.
 type Outbound struct {
 	Listen string `yaml:"listen"` // host:port
+	// TCP gives tcp services a listener each: a TCP stream carries no host
+	// or path to route on, so the local port picks the service.
+	TCP []TCPOutbound `yaml:"tcp"`
+}
+
+// TCPOutbound is one tcp service reached through a local port.
+type TCPOutbound struct {
+	Service string `yaml:"service"`
+	Listen  string `yaml:"listen"` // host:port
 }

@@ -550,6 +550,31 @@ func (v *validator) rateLimitAction(p string, a *RateLimitAction) {
 	}
 }
 
+// tcpOutbound: each entry names a tcp service once, on a port of its own.
+func (v *validator) tcpOutbound(p string, px *Proxy) {
+	listens := map[string]string{px.Outbound.Listen: "the outbound listener"}
+	if px.Inbound != nil {
+		listens[px.Inbound.Listen] = "the inbound listener"
+	}
+	services := map[string]bool{}
+	for i, o := range px.Outbound.TCP {
+		q := fmt.Sprintf("%s[%d]", p, i)
+		v.serviceRef(q+".service", o.Service, false)
+		if s, ok := v.services[o.Service]; ok && s.Protocol != ProtocolTCP {
+			v.errf(q+".service", "service %q speaks %s; only tcp services get a tcp listener (HTTP goes through outbound.listen)", o.Service, s.Protocol)
+		}
+		if services[o.Service] {
+			v.errf(q+".service", "service %q has a tcp listener already", o.Service)
+		}
+		services[o.Service] = true
+		v.hostPort(q+".listen", o.Listen)
+		if other, ok := listens[o.Listen]; ok && o.Listen != "" {
+			v.errf(q+".listen", "%s is also %s", o.Listen, other)
+		}
+		listens[o.Listen] = fmt.Sprintf("the tcp listener of %q", o.Service)
+	}
+}
+
 func (v *validator) proxy(p string, px *Proxy) {
 	switch px.Role {
 	case RoleSidecar:
@@ -570,6 +595,7 @@ func (v *validator) proxy(p string, px *Proxy) {
 			if px.Inbound != nil && px.Inbound.Listen == px.Outbound.Listen {
 				v.errf(p+".outbound.listen", "%s is also the inbound listener", px.Outbound.Listen)
 			}
+			v.tcpOutbound(p+".outbound.tcp", px)
 		}
 		if px.Listen != "" || len(px.Routes) > 0 {
 			v.errf(p, "listen and routes are for ingress proxies; a sidecar routes with the mesh routes")

@@ -13,6 +13,7 @@ import (
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
@@ -324,6 +325,23 @@ func (t *translator) listener(name, listen, rds string, vhs []model.VirtualHost,
 		Name:         name,
 		Address:      socketAddress(host, port),
 		FilterChains: []*listenerv3.FilterChain{hcmChain(hcm)},
+	}
+}
+
+// tcpListener proxies every connection on listen to cluster.
+func tcpListener(name, listen, cluster string) *listenerv3.Listener {
+	host, port := splitHostPort(listen)
+	tp := &tcpproxyv3.TcpProxy{
+		StatPrefix:       strings.NewReplacer("|", "_", ":", "_").Replace(name),
+		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+	}
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: socketAddress(host, port),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name:       wellknown.TCPProxy,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)},
+		}}}},
 	}
 }
 

@@ -48,6 +48,9 @@ const (
 // InboundCluster names a sidecar's local-app cluster (and its CLA).
 func InboundCluster(proxyID string) string { return "inbound|" + proxyID }
 
+// OutboundTCPListener names a sidecar's listener for one tcp service.
+func OutboundTCPListener(service string) string { return "outbound-tcp|" + service }
+
 func inboundRoute(proxyID string) string { return "inbound|" + proxyID }
 func ingressRoute(proxyID string) string { return "ingress|" + proxyID }
 
@@ -139,6 +142,9 @@ func Build(m *model.Mesh, health Health) (*Output, error) {
 			g.Listeners = []types.Resource{
 				t.listener(InboundListener, p.Inbound.Listen, inboundRoute(p.ID), inVH, false),
 				t.listener(OutboundListener, p.Outbound.Listen, OutboundRoute, meshVHs, true),
+			}
+			for _, o := range p.Outbound.TCP {
+				g.Listeners = append(g.Listeners, tcpListener(OutboundTCPListener(o.Service), o.Listen, o.Service))
 			}
 		case model.RoleIngress:
 			rc, err := t.routeConfig(ingressRoute(p.ID), p.Routes)

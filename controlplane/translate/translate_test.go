@@ -14,6 +14,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
@@ -266,5 +267,61 @@ func TestGolden(t *testing.T) {
 		if !bytes.Equal(bytes.TrimSpace(got), bytes.TrimSpace(want)) {
 			t.Errorf("group %s differs from %s; run go test ./controlplane/translate -update and review the diff", g, path)
 		}
+	}
+}
+
+// A tcp service has no host to route on: a sidecar reaches it through a
+// local port of its own, a tcp_proxy listener to the service's cluster.
+func TestSidecarTCPOutbound(t *testing.T) {
+	m, err := model.Parse(model.Source{Name: "tcp.yaml", Data: []byte(`
+services:
+  - {name: web, endpoints: [{address: 10.0.0.1, port: 80}]}
+  - {name: db, protocol: tcp, endpoints: [{address: 10.0.0.2, port: 5432}]}
+  - {name: cache, protocol: tcp, dns: {host: cache.example, port: 6379}}
+proxies:
+  - id: web-1
+    role: sidecar
+    service: web
+    inbound: {listen: 127.0.0.1:15006, app: 127.0.0.1:8080}
+    outbound:
+      listen: 127.0.0.1:15001
+      tcp:
+        - {service: db, listen: 127.0.0.1:15432}
+        - {service: cache, listen: "[::1]:16379"}
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Build(m, nil) // runs ValidateAll on every resource
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := out.Groups[ProxyGroup("web-1")]
+	for _, c := range []struct {
+		service, host string
+		port          uint32
+	}{
+		{"db", "127.0.0.1", 15432}, {"cache", "::1", 16379},
+	} {
+		l := byName[*listenerv3.Listener](t, g.Listeners, OutboundTCPListener(c.service))
+		if err := l.ValidateAll(); err != nil {
+			t.Fatal(err)
+		}
+		sa := l.GetAddress().GetSocketAddress()
+		if sa.GetAddress() != c.host || sa.GetPortValue() != c.port {
+			t.Errorf("%s listens on %v", c.service, sa)
+		}
+		fs := l.GetFilterChains()
+		if len(fs) != 1 || len(fs[0].GetFilters()) != 1 || fs[0].GetFilters()[0].GetName() != "envoy.filters.network.tcp_proxy" {
+			t.Fatalf("%s filter chains: %v", c.service, fs)
+		}
+		var tp tcpproxyv3.TcpProxy
+		if err := fs[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&tp); err != nil || tp.GetCluster() != c.service || tp.GetStatPrefix() == "" {
+			t.Errorf("%s tcp_proxy %v %v", c.service, &tp, err)
+		}
+		byName[*clusterv3.Cluster](t, g.Clusters, c.service) // the cluster it proxies to is served
+	}
+	if n := len(g.Listeners); n != 4 {
+		t.Errorf("%d listeners, want inbound, outbound and two tcp", n)
 	}
 }
