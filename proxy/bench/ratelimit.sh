@@ -5,7 +5,10 @@
 # cores (no pinning). Three listeners in one round: plain, filter on with
 # sidemesh's batch stream to RLS (the default), filter on with one unary
 # ShouldRateLimit per request (as Envoy calls RLS; --rls-unary). Prints
-# req/s, the ratio to plain, and CPU µs per request of proxy, rls and redis.
+# req/s, the ratio to plain, CPU µs per request of proxy, rls and redis, and
+# of everything (+ upstream and wrk): on a CPU-bound box the ratio of those
+# totals ("by CPU") predicts the throughput ratio and is far steadier than
+# req/s when other work shares the machine.
 #   proxy/bench/ratelimit.sh [rounds=3] [seconds=10] [connections=64]
 set -euo pipefail
 ROUNDS=${1:-3}; DUR=${2:-10}; CONNS=${3:-64}
@@ -23,7 +26,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 redis-server --port 28092 --save '' --appendonly no --logfile $D/redis.log & PIDS+=($!); REDIS=$!
-GOMAXPROCS=1 $D/upstream -addr 127.0.0.1:28000 & PIDS+=($!)
+GOMAXPROCS=1 $D/upstream -addr 127.0.0.1:28000 & PIDS+=($!); UP=$!
 $D/rls --grpc-addr 127.0.0.1:28091 --admin-addr 127.0.0.1:28093 --rules $D/rules --redis-url redis://127.0.0.1:28092/0 --log-level warn ${RLS_FLAGS_EXTRA:-} & PIDS+=($!); RLS=$!
 GOMAXPROCS=1 $D/proxy --bootstrap proxy/bench/proxy.yaml --admin-addr 127.0.0.1:28090 --log-level warn & PIDS+=($!); PLAIN=$!
 GOMAXPROCS=1 $D/proxy --bootstrap $D/batch.yaml --admin-addr 127.0.0.1:28094 --log-level warn & PIDS+=($!); BATCH=$!
@@ -35,18 +38,22 @@ done
 cpu() { set -- $(sed 's/^.*) //' /proc/$1/stat); echo $(( ${12} + ${13} )); }
 HZ=$(getconf CLK_TCK)
 THREADS=2; [ "$CONNS" -lt 2 ] && THREADS=1
-BASE=0
+BASE=0; BASECPU=0
 run() { # name port proxy-pid
-  local p0 r0 d0 p1 r1 d1 out reqs
-  p0=$(cpu $3); r0=$(cpu $RLS); d0=$(cpu $REDIS)
-  out=$(wrk -t$THREADS -c$CONNS -d${DUR}s --latency http://127.0.0.1:$2/ 2>&1)
-  p1=$(cpu $3); r1=$(cpu $RLS); d1=$(cpu $REDIS)
+  local p0 r0 d0 u0 p1 r1 d1 u1 out reqs wcpu
+  p0=$(cpu $3); r0=$(cpu $RLS); d0=$(cpu $REDIS); u0=$(cpu $UP)
+  out=$( { TIMEFORMAT='wrkcpu %U %S'; time wrk -t$THREADS -c$CONNS -d${DUR}s --latency http://127.0.0.1:$2/ ; } 2>&1)
+  p1=$(cpu $3); r1=$(cpu $RLS); d1=$(cpu $REDIS); u1=$(cpu $UP)
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  wcpu=$(echo "$out" | awk '/^wrkcpu/ {print $2 + $3}')
   local errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   local p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  [ "$1" = plain ] && BASE=$reqs
-  awk -v n=$1 -v r=$reqs -v b=$BASE -v p=$((p1-p0)) -v rl=$((r1-r0)) -v rd=$((d1-d0)) -v hz=$HZ -v d=$DUR -v l=$p50 -v e="$errs" \
-    'BEGIN { printf "%-6s req/s %7.0f  %5.1f%% of plain  proxy %5.1f  rls %5.1f  redis %5.1f us/req  p50 %s %s\n", n, r/d, 100*r/b, p/hz*1e6/r, rl/hz*1e6/r, rd/hz*1e6/r, l, e }'
+  # all CPU per request: proxy, rls, redis, upstream, wrk (µs)
+  local all=$(awk -v p=$((p1-p0)) -v rl=$((r1-r0)) -v rd=$((d1-d0)) -v u=$((u1-u0)) -v w=$wcpu -v hz=$HZ -v r=$reqs \
+    'BEGIN { printf "%.1f", ((p+rl+rd+u)/hz + w)*1e6/r }')
+  [ "$1" = plain ] && { BASE=$reqs; BASECPU=$all; }
+  awk -v n=$1 -v r=$reqs -v b=$BASE -v p=$((p1-p0)) -v rl=$((r1-r0)) -v rd=$((d1-d0)) -v hz=$HZ -v d=$DUR -v l=$p50 -v e="$errs" -v all=$all -v bc=$BASECPU \
+    'BEGIN { printf "%-6s req/s %7.0f  %5.1f%% of plain (by CPU %5.1f%%)  proxy %5.1f  rls %5.1f  redis %5.1f  all %5.1f us/req  p50 %s %s\n", n, r/d, 100*r/b, 100*bc/all, p/hz*1e6/r, rl/hz*1e6/r, rd/hz*1e6/r, all, l, e }'
 }
 for port in 28085 28086 28087; do wrk -t$THREADS -c$CONNS -d2s http://127.0.0.1:$port/ >/dev/null; done
 for r in $(seq $ROUNDS); do

@@ -153,9 +153,29 @@ func (c *BatchClient) Streaming() bool { return c.live.Load() > 0 }
 
 // ShouldRateLimit answers exactly as the unary RPC would.
 func (c *BatchClient) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRequest, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {
+	return c.ShouldRateLimitWithin(ctx, in, 0, opts...)
+}
+
+// timers are reused across calls: a call's deadline then costs no
+// context (whose parent registration takes a lock and a map entry per
+// request) and no new timer.
+var timers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
+// ShouldRateLimitWithin is ShouldRateLimit bounded by timeout (0: by ctx
+// only) without deriving a context per call.
+func (c *BatchClient) ShouldRateLimitWithin(ctx context.Context, in *rlsv3.RateLimitRequest, timeout time.Duration, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {
 	if c.live.Load() == 0 {
 		if m := c.o.Metrics; m != nil {
 			m.Unary.Inc()
+		}
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
 		}
 		return c.unary.ShouldRateLimit(ctx, in, opts...)
 	}
@@ -163,11 +183,20 @@ func (c *BatchClient) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRe
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encoding the rate limit request: %v", err)
 	}
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := timers.Get().(*time.Timer)
+		t.Reset(timeout)
+		defer func() { t.Stop(); timers.Put(t) }()
+		expired = t.C
+	}
 	cl := &call{id: c.ids.Add(1), req: b, done: make(chan callResult, 1)}
 	select {
 	case c.queue <- cl:
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-expired:
+		return nil, status.Error(codes.DeadlineExceeded, "rate limit call timed out")
 	}
 	select {
 	case r := <-cl.done:
@@ -181,6 +210,8 @@ func (c *BatchClient) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRe
 		return resp, nil
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-expired:
+		return nil, status.Error(codes.DeadlineExceeded, "rate limit call timed out")
 	}
 }
 

@@ -226,3 +226,31 @@ func value(c prometheus.Metric) float64 {
 	}
 	return m.GetGauge().GetValue()
 }
+
+// TestBatchClientTimeout: a call bounded by the filter's timeout ends with
+// DEADLINE_EXCEEDED when RLS is slow (here the unary path of the client,
+// against the in-test unary-only server with a delay).
+func TestBatchClientTimeout(t *testing.T) {
+	fake, addr, _ := startFakeRLS(t, 1000)
+	fake.delay.Store(int64(2 * time.Second))
+	conn, _, err := Dial([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bc := NewBatchClient(ctx, conn, BatchOptions{})
+	f, err := New(filterConf(50*time.Millisecond, true), bc, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	d := f.Check(ctx, newReq("slow"), userRoute(t))
+	if d.Outcome != Error || !d.Deny || d.Status != 500 {
+		t.Fatalf("decision %+v, want error denied with 500 (failure_mode_deny)", d)
+	}
+	if el := time.Since(start); el > 1500*time.Millisecond {
+		t.Fatalf("Check took %v with a 50ms timeout", el)
+	}
+}

@@ -198,6 +198,23 @@ type rlsConn struct {
 	empty   atomic.Bool
 }
 
+// ShouldRateLimitWithin bounds the call by timeout, natively when the
+// client can (the batch client), else by a derived context.
+func (c *rlsConn) ShouldRateLimitWithin(ctx context.Context, in *rlsv3.RateLimitRequest, timeout time.Duration, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {
+	if c.empty.Load() {
+		c.refresh()
+	}
+	if dc, ok := c.RLSClient.(deadlineClient); ok {
+		return dc.ShouldRateLimitWithin(ctx, in, timeout, opts...)
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	return c.RLSClient.ShouldRateLimit(ctx, in, opts...)
+}
+
 // ShouldRateLimit refreshes the endpoints first while none are known: the
 // RLS cluster usually arrives in the same config push as the filter.
 func (c *rlsConn) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRequest, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {

@@ -34,6 +34,12 @@ type RLSClient interface {
 	ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRequest, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error)
 }
 
+// deadlineClient bounds a call by a timeout without a derived context per
+// call (the batch client).
+type deadlineClient interface {
+	ShouldRateLimitWithin(ctx context.Context, in *rlsv3.RateLimitRequest, timeout time.Duration, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error)
+}
+
 // Options are what the proto does not carry.
 type Options struct {
 	// LocalCluster is this proxy's service cluster (source_cluster action).
@@ -245,13 +251,20 @@ func (f *Filter) Check(ctx context.Context, r *http.Request, route RouteInfo) De
 	if len(ds) == 0 {
 		return Decision{Outcome: NotApplied}
 	}
-	cctx, cancel := context.WithTimeout(ctx, f.timeout)
 	domain := f.domain
 	if route.Domain != "" {
 		domain = route.Domain
 	}
-	resp, err := f.client.ShouldRateLimit(cctx, &rlsv3.RateLimitRequest{Domain: domain, Descriptors: ds, HitsAddend: 1})
-	cancel()
+	req := &rlsv3.RateLimitRequest{Domain: domain, Descriptors: ds, HitsAddend: 1}
+	var resp *rlsv3.RateLimitResponse
+	var err error
+	if dc, ok := f.client.(deadlineClient); ok {
+		resp, err = dc.ShouldRateLimitWithin(ctx, req, f.timeout)
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, f.timeout)
+		resp, err = f.client.ShouldRateLimit(cctx, req)
+		cancel()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return Decision{Outcome: NotApplied} // the client went away
