@@ -257,7 +257,8 @@ func (c *Controller) watch(ctx context.Context, watching func()) error {
 				arm(0)
 				continue
 			}
-			if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+			named := swap || (base != "" && filepath.Base(ev.Name) == base)
+			if named && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
 				replaced = true
 			}
 			arm(c.debounce)

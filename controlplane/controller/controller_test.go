@@ -198,3 +198,50 @@ func TestAtomicReplaceSkipsDebounce(t *testing.T) {
 		return err == nil && p == b
 	})
 }
+
+// A mounted ConfigMap is updated the way kubelet's atomic writer does it: a
+// new timestamped directory, a ..data_tmp symlink to it, renamed over
+// ..data; the model file is a symlink through ..data and never changes
+// itself. The swap is atomic, so it is served without waiting out the
+// debounce (an hour here).
+func TestConfigMapSwapSkipsDebounce(t *testing.T) {
+	a, b := xdstest.Backend(t), xdstest.Backend(t)
+	dir := t.TempDir()
+	version := func(name, body string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "mesh.yaml"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_12_03_1", svcModel(a))
+	if err := os.Symlink(filepath.Join("..data", "mesh.yaml"), filepath.Join(dir, "mesh.yaml")); err != nil {
+		t.Fatal(err)
+	}
+
+	r := startWith(t, svcModel(a), time.Hour)
+	r.ctl = New(filepath.Join(dir, "mesh.yaml"), time.Hour, quiet(), r.ctl.apply, prometheus.NewRegistry())
+	if err := r.ctl.Load(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	w := make(chan struct{})
+	go func() { _ = r.ctl.watch(r.ctx, func() { close(w) }) }()
+	<-w
+	cc := xdstest.Client(t, r.addr, "configmap-client", "svc")
+	if p, err := xdstest.Call(r.ctx, cc); err != nil || p != a {
+		t.Fatalf("first call: %s %v", p, err)
+	}
+	version("..2026_12_03_2", svcModel(b))
+	xdstest.Eventually(t, "traffic to move after the ..data swap", func() bool {
+		p, err := xdstest.Call(r.ctx, cc)
+		return err == nil && p == b
+	})
+}
