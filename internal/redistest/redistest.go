@@ -5,6 +5,7 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -174,6 +175,22 @@ func (s *Server) Kill() {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// Pause freezes the server (SIGSTOP): connections stay open, nothing is
+// answered — a hung Redis. Resume continues it.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil || s.cmd.Process == nil {
+		return errors.New("redistest: server not running")
+	}
+	return s.cmd.Process.Signal(sig)
 }
 
 // Restart starts the server again on the same port (empty data).

@@ -254,8 +254,9 @@ func (r *Redis) collect(ctx context.Context, j *job, now time.Time, items []limi
 	select {
 	case <-j.done:
 	case <-ctx.Done():
-		// The executor still owns j; it is dropped, not pooled.
-		return fmt.Errorf("%w: %v", limiter.ErrUnavailable, ctx.Err())
+		// The executor still owns j; it is dropped, not pooled. The caller
+		// gave up: not a Redis failure.
+		return fmt.Errorf("waiting for redis: %w", ctx.Err())
 	}
 	defer r.jobPool.Put(j)
 	nowUS := now.UnixMicro()

@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer, cacheLen func() float64, maxValues in
 			Help: "Hits per domain and rule; result is total, over_limit, near_limit, within_limit, shadow_mode or over_limit_local_cache.",
 		}, []string{"domain", "rule", "result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rls_requests_total", Help: "ShouldRateLimit calls by answer (ok, over_limit, invalid, failure_allow, failure_deny).",
+			Name: "rls_requests_total", Help: "ShouldRateLimit calls by answer (ok, over_limit, invalid, failure_allow, failure_deny, canceled: the caller gave up first).",
 		}, []string{"code"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "rls_should_rate_limit_duration_seconds", Help: "ShouldRateLimit handling time.",
@@ -56,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, cacheLen func() float64, maxValues in
 		maxValues:  maxValues,
 	}
 	m.byCode = map[string]prometheus.Counter{}
-	for _, c := range []string{"ok", "over_limit", "invalid", "failure_allow", "failure_deny"} {
+	for _, c := range []string{"ok", "over_limit", "invalid", "failure_allow", "failure_deny", "canceled"} {
 		m.byCode[c] = m.requests.WithLabelValues(c)
 	}
 	m.cacheSize = prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -17,6 +17,7 @@ import (
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
@@ -318,6 +319,12 @@ func (s *Service) finish(p *pending, backendErr error) (*rlsv3.RateLimitResponse
 		return p.resp, nil
 	}
 	if backendErr != nil {
+		if errors.Is(backendErr, context.Canceled) || errors.Is(backendErr, context.DeadlineExceeded) {
+			// The caller gave up (deadline, disconnect): no answer is read,
+			// and it is no backend failure to log or count as one.
+			s.m.code("canceled").Inc()
+			return nil, status.FromContextError(backendErr).Err()
+		}
 		return s.failed(p.req, p.resp, p.slots, backendErr)
 	}
 	slots, items, results, nowUS := p.slots, p.items, p.results, p.nowUS
