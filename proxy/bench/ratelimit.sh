@@ -29,7 +29,7 @@ redis-server --port 28092 --save '' --appendonly no --logfile $D/redis.log & PID
 GOMAXPROCS=1 $D/upstream -addr 127.0.0.1:28000 & PIDS+=($!); UP=$!
 $D/rls --grpc-addr 127.0.0.1:28091 --admin-addr 127.0.0.1:28093 --rules $D/rules --redis-url redis://127.0.0.1:28092/0 --log-level warn ${RLS_FLAGS_EXTRA:-} & PIDS+=($!); RLS=$!
 GOMAXPROCS=1 $D/proxy --bootstrap proxy/bench/proxy.yaml --admin-addr 127.0.0.1:28090 --log-level warn & PIDS+=($!); PLAIN=$!
-GOMAXPROCS=1 $D/proxy --bootstrap $D/batch.yaml --admin-addr 127.0.0.1:28094 --log-level warn & PIDS+=($!); BATCH=$!
+GOMAXPROCS=1 $D/proxy --bootstrap $D/batch.yaml --admin-addr 127.0.0.1:28094 --log-level warn ${PROXY_FLAGS_EXTRA:-} & PIDS+=($!); BATCH=$!
 GOMAXPROCS=1 $D/proxy --bootstrap $D/unary.yaml --admin-addr 127.0.0.1:28095 --log-level warn --rls-unary & PIDS+=($!); UNARY=$!
 for port in 28085 28086 28087; do
   for i in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$port/ && break; sleep 0.1; done
