@@ -8,7 +8,10 @@
 # req/s, the ratio to plain, CPU µs per request of proxy, rls and redis, and
 # of everything (+ upstream and wrk): on a CPU-bound box the ratio of those
 # totals ("by CPU") predicts the throughput ratio and is far steadier than
-# req/s when other work shares the machine.
+# req/s when other work shares the machine. One core each, as in bench.sh:
+# the proxies and the upstream run with GOMAXPROCS=1, and so does rls
+# (RLS_ENV=GOMAXPROCS=2 to change; on two shared cores GOMAXPROCS=1 cost
+# rls ≈ 35 % less CPU per call — fewer cross-thread wake-ups).
 #   proxy/bench/ratelimit.sh [rounds=3] [seconds=10] [connections=64]
 set -euo pipefail
 ROUNDS=${1:-3}; DUR=${2:-10}; CONNS=${3:-64}
@@ -27,7 +30,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 redis-server --port 28092 --save '' --appendonly no --logfile $D/redis.log & PIDS+=($!); REDIS=$!
 GOMAXPROCS=1 $D/upstream -addr 127.0.0.1:28000 & PIDS+=($!); UP=$!
-$D/rls --grpc-addr 127.0.0.1:28091 --admin-addr 127.0.0.1:28093 --rules $D/rules --redis-url redis://127.0.0.1:28092/0 --log-level warn ${RLS_FLAGS_EXTRA:-} & PIDS+=($!); RLS=$!
+env ${RLS_ENV:-GOMAXPROCS=1} $D/rls --grpc-addr 127.0.0.1:28091 --admin-addr 127.0.0.1:28093 --rules $D/rules --redis-url redis://127.0.0.1:28092/0 --log-level warn ${RLS_FLAGS_EXTRA:-} & PIDS+=($!); RLS=$!
 GOMAXPROCS=1 $D/proxy --bootstrap proxy/bench/proxy.yaml --admin-addr 127.0.0.1:28090 --log-level warn & PIDS+=($!); PLAIN=$!
 GOMAXPROCS=1 $D/proxy --bootstrap $D/batch.yaml --admin-addr 127.0.0.1:28094 --log-level warn ${PROXY_FLAGS_EXTRA:-} & PIDS+=($!); BATCH=$!
 GOMAXPROCS=1 $D/proxy --bootstrap $D/unary.yaml --admin-addr 127.0.0.1:28095 --log-level warn --rls-unary & PIDS+=($!); UNARY=$!
