@@ -27,6 +27,24 @@ func userReq(user string) *rlsv3.RateLimitRequest {
 		{Entries: []*rlcommonv3.RateLimitDescriptor_Entry{{Key: "user", Value: user}}}}}
 }
 
+// newBatchClient dials addrs and runs a two-stream batch client with its
+// metrics until the test ends.
+func newBatchClient(t *testing.T, addrs ...string) (context.Context, *BatchClient, *BatchMetrics) {
+	t.Helper()
+	conn, _, err := Dial(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	bm, err := NewBatchMetrics(prometheus.NewRegistry(), "rls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, NewBatchClient(ctx, conn, BatchOptions{Streams: 2, Metrics: bm}), bm
+}
+
 // TestBatchClientExactAcrossReplicas: 64 concurrent callers share two
 // batch streams to two real rls processes on one Redis. A limit of 50 per
 // minute admits exactly 50 of 400 calls, the calls really travel batched,
@@ -45,19 +63,7 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 	}
 	r1 := startRLSProc(t, bin, dir, redis.URL())
 	r2 := startRLSProc(t, bin, dir, redis.URL())
-	conn, _, err := Dial([]string{r1.grpc, r2.grpc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg := prometheus.NewRegistry()
-	bm, err := NewBatchMetrics(reg, "rls")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2, Metrics: bm})
+	ctx, bc, bm := newBatchClient(t, r1.grpc, r2.grpc)
 	waitUntil(t, "a batch stream", bc.Streaming)
 	waitUntil(t, "both streams counted", func() bool { return value(bm.Streams) == 2 })
 
@@ -115,7 +121,7 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 	}
 
 	// A bad request is answered per call, as the unary RPC answers it.
-	_, err = bc.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{Domain: "sidemesh"})
+	_, err := bc.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{Domain: "sidemesh"})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("empty descriptors: %v, want InvalidArgument", err)
 	}
@@ -174,19 +180,7 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 // answered, none lost to the probe, and the client settles on unary.
 func TestBatchClientFallsBackToUnary(t *testing.T) {
 	fake, addr, _ := startFakeRLS(t, 1000)
-	conn, _, err := Dial([]string{addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg := prometheus.NewRegistry()
-	bm, err := NewBatchMetrics(reg, "rls")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc := NewBatchClient(ctx, conn, BatchOptions{Streams: 2, Metrics: bm})
+	ctx, bc, bm := newBatchClient(t, addr)
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for w := range 32 {
