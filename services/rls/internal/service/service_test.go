@@ -85,7 +85,8 @@ func newFixture(t *testing.T, b limiter.Backend, mod func(*Options)) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{backend: &countingBackend{Backend: b}, reg: prometheus.NewRegistry()}
-	o := Options{Log: slog.New(slog.DiscardHandler), Backend: f.backend, KeyPrefix: "t:", LocalCache: limiter.NewOverCache(1000), Registerer: f.reg, ResponseHeaders: true}
+	o := Options{Log: slog.New(slog.DiscardHandler), Backend: f.backend, KeyPrefix: "t:", LocalCache: limiter.NewOverCache(1000), Registerer: f.reg, ResponseHeaders: true,
+		Now: midWindow()}
 	if mod != nil {
 		mod(&o)
 	}
@@ -96,6 +97,14 @@ func newFixture(t *testing.T, b limiter.Backend, mod func(*Options)) *fixture {
 	f.svc.SetRules(cfg)
 	f.client = serve(t, f.svc)
 	return f
+}
+
+// midWindow is a clock stopped in the middle of the current second, minute
+// and hour (a fresh run id keeps keys of earlier runs apart): no window
+// boundary can fall inside a test that counts "exactly N, then over".
+func midWindow() func() time.Time {
+	t := time.Now().Truncate(time.Hour).Add(30*time.Minute + 30*time.Second + 500*time.Millisecond)
+	return func() time.Time { return t }
 }
 
 func serve(t *testing.T, svc rlsv3.RateLimitServiceServer) rlsv3.RateLimitServiceClient {
