@@ -3,10 +3,12 @@ package xdsload
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sidemesh/sidemesh/internal/app"
@@ -35,6 +37,7 @@ Examples:
 			fs.Int("changes", 3, "model changes to measure")
 			fs.Duration("change-timeout", 30*time.Second, "how long every client may take to get one change (and the initial sync)")
 			fs.Duration("pause", 500*time.Millisecond, "pause between changes")
+			fs.Duration("connect-timeout", 30*time.Second, "how long to wait for --target to accept connections (a controlplane just started)")
 			fs.Duration("duration", 5*time.Minute, "bound on the whole run")
 			fs.String("model", "", "model file the controlplane watches; rewritten for each change (needs --generate)")
 			fs.String("generate", "", "SERVICESxENDPOINTS: write a generated model of that size to --model at start, e.g. 500x10")
@@ -123,6 +126,12 @@ func run(ctx context.Context, env *app.Env) error {
 		}
 		conns = append(conns, c)
 	}
+	// A controlplane just started may not listen yet: wait for it (with a
+	// bound) instead of failing every stream on "connection refused".
+	connectTimeout, _ := fs.GetDuration("connect-timeout")
+	if err := waitReady(ctx, conns[0], addr, connectTimeout, env.Stderr); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, dur)
 	defer cancel()
 	var watch *target.Watch
@@ -152,6 +161,24 @@ func run(ctx context.Context, env *app.Env) error {
 		res.AddCheck("run", false, "%v", runErr)
 	}
 	return harness.Emit(env, res)
+}
+
+// waitReady connects c and waits until it is ready or limit passes.
+func waitReady(ctx context.Context, c *grpc.ClientConn, addr string, limit time.Duration, progress io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	c.Connect()
+	said := false
+	for st := c.GetState(); st != connectivity.Ready; st = c.GetState() {
+		if st == connectivity.TransientFailure && !said {
+			fmt.Fprintf(progress, "waiting for the xDS server at %s ...\n", addr)
+			said = true
+		}
+		if !c.WaitForStateChange(ctx, st) {
+			return fmt.Errorf("--target %s: not reachable within %s (last state %s)", addr, limit, st)
+		}
+	}
+	return nil
 }
 
 func buildTrigger(fs *pflag.FlagSet, opt *Options) (Trigger, error) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -202,6 +203,23 @@ func TestUnservedChangeFails(t *testing.T) {
 		"--changes", "1", "--change-timeout", "2s")
 	if code == 0 || r.Errors != 3 || !r.Failed() {
 		t.Fatalf("exit %d result %+v", code, r)
+	}
+}
+
+// A target that does not listen (yet) is waited for, then reported by
+// address — not a flood of per-stream "connection refused".
+func TestTargetNotListening(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	path := filepath.Join(t.TempDir(), "mesh.yaml")
+	code, _, stderr := harnesstest.Exec(t, Spec(), "--target", addr, "--clients", "2", "--model", path, "--generate", "2x1",
+		"--changes", "1", "--connect-timeout", "1s")
+	if code == 0 || !strings.Contains(stderr, addr) || !strings.Contains(stderr, "not reachable") {
+		t.Fatalf("exit %d stderr %q: want a failure naming %s as not reachable", code, stderr, addr)
 	}
 }
 
