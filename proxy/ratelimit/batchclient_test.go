@@ -49,7 +49,8 @@ func newBatchClient(t *testing.T, addrs ...string) (context.Context, *BatchClien
 // batch streams to two real rls processes on one Redis. A limit of 50 per
 // minute admits exactly 50 of 400 calls, the calls really travel batched,
 // invalid requests get the unary RPC's INVALID_ARGUMENT, and killing one
-// replica gracefully under load (SIGTERM) fails not one call.
+// replica gracefully under load (SIGTERM) fails not one call, and with
+// both gone the filter's failure mode decides.
 func TestBatchClientExactAcrossReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the rls binary")
@@ -171,6 +172,25 @@ func TestBatchClientExactAcrossReplicas(t *testing.T) {
 	}
 	if code := r1.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("rls stopped with exit code %d, want 0 (drained)", code)
+	}
+
+	// Every replica gone: the filter's failure mode decides, on the batch
+	// client as on unary (deny → 500, allow → passes).
+	_ = r2.cmd.Process.Kill()
+	<-r2.exited
+	deny, err := New(filterConf(300*time.Millisecond, true), bc, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := New(filterConf(300*time.Millisecond, false), bc, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := deny.Check(ctx, newReq("gone"), userRoute(t)); d.Outcome != Error || !d.Deny || d.Status != 500 {
+		t.Fatalf("no RLS, failure_mode_deny: %+v, want denied with 500", d)
+	}
+	if d := allow.Check(ctx, newReq("gone"), userRoute(t)); d.Outcome != FailureModeAllowed || d.Deny {
+		t.Fatalf("no RLS, failure mode allow: %+v, want allowed", d)
 	}
 }
 
