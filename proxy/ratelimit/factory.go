@@ -218,10 +218,7 @@ func (c *rlsConn) ShouldRateLimitWithin(ctx context.Context, in *rlsv3.RateLimit
 // ShouldRateLimit refreshes the endpoints first while none are known: the
 // RLS cluster usually arrives in the same config push as the filter.
 func (c *rlsConn) ShouldRateLimit(ctx context.Context, in *rlsv3.RateLimitRequest, opts ...grpc.CallOption) (*rlsv3.RateLimitResponse, error) {
-	if c.empty.Load() {
-		c.refresh()
-	}
-	return c.RLSClient.ShouldRateLimit(ctx, in, opts...)
+	return c.ShouldRateLimitWithin(ctx, in, 0, opts...)
 }
 
 func (c *rlsConn) refresh() {

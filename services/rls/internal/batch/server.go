@@ -182,10 +182,9 @@ func (s *Server) answerBatch(ctx context.Context, bc BatchChecker, calls []*batc
 	reqs := make([]*rlsv3.RateLimitRequest, 0, len(calls))
 	ids := make([]uint64, 0, len(calls))
 	for _, c := range calls {
-		req := &rlsv3.RateLimitRequest{}
-		if err := proto.Unmarshal(c.GetRequest(), req); err != nil {
-			out <- &batchv1.Answer{Id: c.GetId(), Code: int32(codes.InvalidArgument),
-				Message: fmt.Sprintf("call %d: request is not a RateLimitRequest: %v", c.GetId(), err)}
+		req, bad := decode(c)
+		if bad != nil {
+			out <- bad
 			continue
 		}
 		reqs = append(reqs, req)
@@ -205,14 +204,23 @@ func (s *Server) answerBatch(ctx context.Context, bc BatchChecker, calls []*batc
 // answer runs one call. Failures become the status ShouldRateLimit would
 // have returned.
 func (s *Server) answer(ctx context.Context, c *batchv1.Call) *batchv1.Answer {
-	a := &batchv1.Answer{Id: c.GetId()}
-	var req rlsv3.RateLimitRequest
-	if err := proto.Unmarshal(c.GetRequest(), &req); err != nil {
-		a.Code, a.Message = int32(codes.InvalidArgument), fmt.Sprintf("call %d: request is not a RateLimitRequest: %v", c.GetId(), err)
-		return a
+	req, bad := decode(c)
+	if bad != nil {
+		return bad
 	}
-	resp, err := s.checker.ShouldRateLimit(ctx, &req)
+	resp, err := s.checker.ShouldRateLimit(ctx, req)
 	return encode(c.GetId(), resp, err)
+}
+
+// decode reads a call's request; bytes that are no RateLimitRequest get
+// an INVALID_ARGUMENT answer instead.
+func decode(c *batchv1.Call) (*rlsv3.RateLimitRequest, *batchv1.Answer) {
+	req := &rlsv3.RateLimitRequest{}
+	if err := proto.Unmarshal(c.GetRequest(), req); err != nil {
+		return nil, &batchv1.Answer{Id: c.GetId(), Code: int32(codes.InvalidArgument),
+			Message: fmt.Sprintf("call %d: request is not a RateLimitRequest: %v", c.GetId(), err)}
+	}
+	return req, nil
 }
 
 // encode turns one call's outcome into its answer; a failure carries the

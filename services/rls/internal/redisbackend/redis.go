@@ -196,15 +196,9 @@ func (r *Redis) CheckBatch(ctx context.Context, reqs []limiter.Request) {
 		ready = ready[:0]
 	}
 	for i := range reqs {
-		if !r.br.allow(reqs[i].Now) {
-			r.errs.WithLabelValues("breaker_open").Inc()
-			reqs[i].Err = fmt.Errorf("%w: circuit breaker open", limiter.ErrUnavailable)
+		if jobs[i], reqs[i].Err = r.build(reqs[i].Now, reqs[i].Items); reqs[i].Err != nil {
 			continue
 		}
-		j := r.jobPool.Get().(*job)
-		j.calls = r.buildCalls(j.calls[:0], reqs[i].Now, reqs[i].Now.UnixMicro(), reqs[i].Items)
-		j.group = j.group[:0]
-		jobs[i] = j
 		if ready = append(ready, i); len(ready) == r.opts.BatchSize {
 			flush()
 		}
@@ -219,6 +213,19 @@ func (r *Redis) CheckBatch(ctx context.Context, reqs []limiter.Request) {
 
 // submit queues one request's calls for the executor.
 func (r *Redis) submit(now time.Time, items []limiter.Item) (*job, error) {
+	j, err := r.build(now, items)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.enqueue(j); err != nil {
+		r.jobPool.Put(j)
+		return nil, err
+	}
+	return j, nil
+}
+
+// build turns one request's items into a job, unless the breaker is open.
+func (r *Redis) build(now time.Time, items []limiter.Item) (*job, error) {
 	if !r.br.allow(now) {
 		r.errs.WithLabelValues("breaker_open").Inc()
 		return nil, fmt.Errorf("%w: circuit breaker open", limiter.ErrUnavailable)
@@ -226,10 +233,6 @@ func (r *Redis) submit(now time.Time, items []limiter.Item) (*job, error) {
 	j := r.jobPool.Get().(*job)
 	j.calls = r.buildCalls(j.calls[:0], now, now.UnixMicro(), items)
 	j.group = j.group[:0]
-	if err := r.enqueue(j); err != nil {
-		r.jobPool.Put(j)
-		return nil, err
-	}
 	return j, nil
 }
 
