@@ -16,7 +16,6 @@ import (
 
 	"github.com/sidemesh/sidemesh/internal/redistest"
 	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
-	"github.com/sidemesh/sidemesh/services/rls/internal/redisbackend"
 	"github.com/sidemesh/sidemesh/services/rls/internal/rules"
 )
 
@@ -143,16 +142,7 @@ func TestShareThresholdSharesOneCounter(t *testing.T) {
 // one key for all values of the shared wildcard.
 func TestShareThresholdRedisKeys(t *testing.T) {
 	srv := redistest.Start(t)
-	client, cluster, err := redisbackend.NewClient(redisbackend.ClientConfig{URL: srv.URL(), PoolSize: 2, Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, err := redisbackend.New(redisbackend.Options{Client: client, Cluster: cluster, Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rb.Close(); client.Close() })
-	f := anchorFixture(t, rb, nil)
+	f := anchorFixture(t, redisBackend(t, srv), nil)
 	for _, v := range []string{"files/a", "files/b", "files/c"} {
 		f.call(t, req("a", desc("files", v)))
 	}

@@ -189,19 +189,22 @@ func headerMap(resp *rlsv3.RateLimitResponse) map[string]string {
 // backends runs a test on the memory backend and on a real redis-server.
 func backends(t *testing.T, fn func(t *testing.T, b limiter.Backend)) {
 	t.Run("memory", func(t *testing.T) { fn(t, limiter.NewMemory()) })
-	t.Run("redis", func(t *testing.T) {
-		srv := redistest.Start(t)
-		client, cluster, err := redisbackend.NewClient(redisbackend.ClientConfig{URL: srv.URL(), PoolSize: 4, Timeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rb, err := redisbackend.New(redisbackend.Options{Client: client, Cluster: cluster, Timeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rb.Close(); client.Close() })
-		fn(t, rb)
-	})
+	t.Run("redis", func(t *testing.T) { fn(t, redisBackend(t, redistest.Start(t))) })
+}
+
+// redisBackend is a Redis backend on srv, closed when the test ends.
+func redisBackend(t *testing.T, srv *redistest.Server) *redisbackend.Redis {
+	t.Helper()
+	client, cluster, err := redisbackend.NewClient(redisbackend.ClientConfig{URL: srv.URL(), PoolSize: 4, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := redisbackend.New(redisbackend.Options{Client: client, Cluster: cluster, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rb.Close(); client.Close() })
+	return rb
 }
 
 func TestFixedWindowAnswers(t *testing.T) {
