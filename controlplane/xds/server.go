@@ -1,7 +1,7 @@
 // Package xds serves translated resources over ADS (state of the world and
 // delta on one registration). LDS/RDS/CDS come from one linear cache per
-// node group and type, EDS from shared (sharded) linear caches: a change
-// pushes only the changed resources, each encoded once per cache. The HDS
+// node group and type, EDS from one shared cache of our own (edsCache): a
+// change pushes only the changed resources, each encoded once. The HDS
 // group alone is served from a full-state snapshot (see router).
 package xds
 
@@ -9,12 +9,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"maps"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,7 +47,7 @@ var snapshotTypes = []struct {
 type Server struct {
 	log    *slog.Logger
 	snaps  cachev3.SnapshotCache
-	eds    []*cachev3.LinearCache
+	eds    *edsCache
 	cache  cachev3.Cache
 	prefix string
 	cl     cacheLogger
@@ -80,12 +77,8 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 	s.snaps = cachev3.NewSnapshotCache(false, s.hash, cl)
 	// The prefix makes versions from an earlier process unknown, so
 	// reconnecting clients get everything again.
-	// EDS is sharded by node: a linear cache answers its watches in one
-	// serial loop, so shards let an endpoint change fan out on every core.
 	s.prefix = "v-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
-	for range min(max(runtime.GOMAXPROCS(0), 1), 16) {
-		s.eds = append(s.eds, cachev3.NewLinearCache(resourcev3.EndpointType, cachev3.WithVersionPrefix(s.prefix), cachev3.WithLogger(cl)))
-	}
+	s.eds = newEDSCache(s.prefix)
 	s.groupCaches = map[string]*cachev3.LinearCache{}
 	s.resHash = map[string]map[string]string{}
 	s.cl = cl
@@ -101,7 +94,7 @@ func New(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) *Serv
 
 // router picks the cache for a request. Most nodes are served from linear
 // caches that encode each resource once and share the bytes across streams:
-// one per (type, group) for LDS/RDS/CDS, and sharded shared ones for EDS,
+// one per (type, group) for LDS/RDS/CDS, and one shared edsCache for EDS,
 // whose SotW responses carry only changed CLAs (as the xDS spec allows).
 // HDS replicas read every SotW EDS response as the full set, so the HDS group
 // is served from a snapshot: full state, re-sent whole on change (a handful
@@ -114,9 +107,7 @@ func (r router) pick(typeURL string, n *corev3.Node) cachev3.Cache {
 	case group == translate.GroupHDS:
 		return r.s.snaps
 	case typeURL == resourcev3.EndpointType:
-		h := fnv.New32a()
-		h.Write([]byte(n.GetId()))
-		return r.s.eds[h.Sum32()%uint32(len(r.s.eds))]
+		return r.s.eds
 	case typeURL == resourcev3.ListenerType || typeURL == resourcev3.RouteType || typeURL == resourcev3.ClusterType:
 		return r.s.groupCache(typeURL, group)
 	default:
@@ -209,26 +200,29 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 		}
 	}
 	// EDS first, so a new cluster's endpoints are there when CDS names it.
-	cla := make([]types.Resource, 0, len(out.Endpoints))
+	newHash := make(map[string]string, len(out.Endpoints))
+	var upd []edsUpdate
 	for _, c := range out.Endpoints {
-		cla = append(cla, c)
+		b, err := cachev3.MarshalResource(c)
+		if err != nil {
+			return fmt.Errorf("endpoints: %s: %w", c.GetClusterName(), err)
+		}
+		h := cachev3.HashResource(b)
+		newHash[c.GetClusterName()] = h
+		if s.edsHash[c.GetClusterName()] != h {
+			upd = append(upd, edsUpdate{name: c.GetClusterName(), version: h, encoded: b})
+		}
 	}
-	newHash, toUpdate, toDelete, err := diff(s.edsHash, cla)
-	if err != nil {
-		return fmt.Errorf("endpoints: %w", err)
+	var del []string
+	for n := range s.edsHash {
+		if _, ok := newHash[n]; !ok {
+			del = append(del, n)
+		}
 	}
-	if len(toUpdate) > 0 || len(toDelete) > 0 {
+	if len(upd) > 0 || len(del) > 0 {
 		s.tracker.markChange(resourcev3.EndpointType, now)
-		errs := make([]error, len(s.eds))
-		var wg sync.WaitGroup
-		for i, lc := range s.eds {
-			wg.Go(func() { errs[i] = lc.UpdateResources(toUpdate, toDelete) })
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return fmt.Errorf("endpoints: %w", err)
-		}
-		s.tracker.pushes(resourcev3.EndpointType, len(toUpdate)+len(toDelete))
+		s.eds.Update(upd, del)
+		s.tracker.pushes(resourcev3.EndpointType, len(upd)+len(del))
 	}
 	s.edsHash = newHash
 
