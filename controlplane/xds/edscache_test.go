@@ -198,7 +198,7 @@ func TestEDSCacheChurn(t *testing.T) {
 					return
 				}
 				var nonce string // last received, sent on every request as Envoy does
-				go func() { // churn the subscription until the updates end
+				go func() {      // churn the subscription until the updates end
 					for k := 0; ; k++ {
 						select {
 						case <-done:
