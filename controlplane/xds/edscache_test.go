@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -338,4 +339,25 @@ func TestEDSCacheChurn(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
+}
+
+// TestEDSCacheAssumptionsPinned: edsCache updates the known-versions maps
+// it built in place, which is safe only because go-control-plane v0.14's
+// SotW and delta servers touch a subscription's map after cancelling its
+// watch (see nextKnown). A new go-control-plane version must be re-read
+// before this test is changed.
+func TestEDSCacheAssumptionsPinned(t *testing.T) {
+	gomod, err := os.ReadFile("../../go.mod") // test binaries carry no module list
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(gomod), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "github.com/envoyproxy/go-control-plane" {
+			if f[1] != "v0.14.0" {
+				t.Fatalf("go-control-plane is %s: re-check edsCache.nextKnown's in-place update against its sotw/delta servers", f[1])
+			}
+			return
+		}
+	}
+	t.Fatal("go-control-plane not required in go.mod")
 }
