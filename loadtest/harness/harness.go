@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -170,12 +171,25 @@ func Measure(ctx context.Context, env *app.Env, scenario, tgt string, cfg runner
 	if cfg.Progress == nil {
 		cfg.Progress = Progress(env.Stderr)
 	}
+	cpu0, cpuOK := selfCPU()
 	res, err := runner.Run(ctx, cfg, op)
+	cpu1, _ := selfCPU()
 	ClearProgress(env.Stderr)
 	if err != nil {
 		return nil, nil, err
 	}
 	out := report.FromRun(scenario, tgt, cfg.Rate, res)
+	if cpuOK {
+		// The load generator competes for the same cores as the target on
+		// one box: its own cost says how much of the machine it took.
+		out.Generator = &report.GeneratorCost{CPUSeconds: (cpu1 - cpu0).Seconds(), GOMAXPROCS: runtime.GOMAXPROCS(0)}
+		if res.Requests > 0 {
+			out.Generator.CPUMicrosPerRequest = out.Generator.CPUSeconds * 1e6 / float64(res.Requests)
+		}
+		if res.Elapsed > 0 {
+			out.Generator.CPUCores = out.Generator.CPUSeconds / res.Elapsed.Seconds()
+		}
+	}
 	var deltas target.Samples
 	if w != nil {
 		st, err := w.Stop(context.WithoutCancel(ctx))

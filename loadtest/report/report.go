@@ -30,10 +30,12 @@ type Result struct {
 	Throughput     float64           `json:"throughput_rps"`
 	Late           uint64            `json:"late_starts,omitempty"`
 	Latency        hist.Summary      `json:"latency"`
+	SendLag        *hist.Summary     `json:"send_lag,omitempty"`
 	Outcomes       map[string]uint64 `json:"outcomes,omitempty"`
 	ErrorSamples   []string          `json:"error_samples,omitempty"`
 	Timeline       []runner.Second   `json:"timeline,omitempty"`
 	Cost           *TargetCost       `json:"target_cost,omitempty"`
+	Generator      *GeneratorCost    `json:"generator_cost,omitempty"`
 	// Values are scenario-specific numbers (round trips per request, bytes
 	// per push, coverage ...), named with their unit.
 	Values map[string]float64 `json:"values,omitempty"`
@@ -49,6 +51,14 @@ type TargetCost struct {
 	PeakRSSMiB          float64 `json:"peak_rss_mib"`
 }
 
+// GeneratorCost is what the load generator itself spent over the run.
+type GeneratorCost struct {
+	CPUSeconds          float64 `json:"cpu_seconds"`
+	CPUMicrosPerRequest float64 `json:"cpu_us_per_request"`
+	CPUCores            float64 `json:"cpu_cores"`
+	GOMAXPROCS          int     `json:"gomaxprocs"`
+}
+
 // Check is a pass/fail verdict on the run (e.g. no over-admission).
 type Check struct {
 	Name   string `json:"name"`
@@ -62,7 +72,13 @@ func FromRun(scenario, target string, rate float64, res *runner.Result) *Result 
 	if rate > 0 {
 		mode = fmt.Sprintf("open %g/s", rate)
 	}
+	var lag *hist.Summary
+	if res.SendLag != nil && res.SendLag.Count() > 0 {
+		s := res.SendLag.Summary()
+		lag = &s
+	}
 	return &Result{
+		SendLag:  lag,
 		Scenario: scenario, Target: target, Mode: mode,
 		Started:        time.Now().Add(-res.Elapsed).UTC(),
 		ElapsedSeconds: res.Elapsed.Seconds(),
@@ -131,6 +147,9 @@ func (r *Result) WriteTable(w io.Writer) {
 		if l := r.Latency; l.Count > 0 {
 			fmt.Fprintf(tw, "latency µs\tp50 %d  p90 %d  p99 %d  p99.9 %d  max %d  mean %.0f\n", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
 		}
+		if l := r.SendLag; l != nil && l.Count > 0 {
+			fmt.Fprintf(tw, "send lag µs\tp50 %d  p90 %d  p99 %d  p99.9 %d  max %d  mean %.0f  (part of latency)\n", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
+		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(r.Outcomes)) {
 		fmt.Fprintf(tw, "  %s\t%d\n", k, r.Outcomes[k])
@@ -140,6 +159,9 @@ func (r *Result) WriteTable(w io.Writer) {
 	}
 	if c := r.Cost; c != nil {
 		fmt.Fprintf(tw, "target cost\t%.3f CPU s (%.2f cores), %.1f µs/request, peak RSS %.1f MiB  [%s]\n", c.CPUSeconds, c.CPUCores, c.CPUMicrosPerRequest, c.PeakRSSMiB, c.Source)
+	}
+	if g := r.Generator; g != nil {
+		fmt.Fprintf(tw, "generator cost\t%.3f CPU s (%.2f cores), %.1f µs/request  [loadtest, GOMAXPROCS %d]\n", g.CPUSeconds, g.CPUCores, g.CPUMicrosPerRequest, g.GOMAXPROCS)
 	}
 	for _, k := range slices.Sorted(maps.Keys(r.Values)) {
 		fmt.Fprintf(tw, "%s\t%s\n", k, trimFloat(r.Values[k]))

@@ -72,14 +72,20 @@ type Result struct {
 	// ErrorSamples holds up to 5 distinct error texts.
 	ErrorSamples []string
 	Latency      *hist.Recorder
-	Timeline     []Second
+	// SendLag (open loop only) is how late each request started relative to
+	// its intended time: the generator's own delay (timer wake-up, waiting
+	// for a free worker, CPU). It is part of Latency, shown apart so a slow
+	// generator cannot pass for a slow target.
+	SendLag  *hist.Recorder
+	Timeline []Second
 	// Late counts open-loop requests that started more than 1 ms after their
-	// intended time (the generator or the target could not keep up).
+	// intended time (every worker was busy, or the generator lacked CPU).
 	Late uint64
 }
 
 type worker struct {
 	lat      *hist.Recorder
+	lag      *hist.Recorder
 	outcomes map[string]uint64
 	errs     []string
 	late     uint64
@@ -109,40 +115,45 @@ func Run(ctx context.Context, cfg Config, op Op) (*Result, error) {
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
 
+	// Open loop: one pacer releases request numbers on schedule and idle
+	// workers take them; request seq is due at start+seq·interval no matter
+	// how long earlier ones took.
+	var jobs chan uint64
+	if interval > 0 {
+		jobs = make(chan uint64, cfg.Concurrency)
+		go pace(ctx, newTicker(start, max(interval, minTick)), start, deadline, interval, cfg.Requests, jobs)
+	}
+
 	workers := make([]*worker, cfg.Concurrency)
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{lat: hist.New(), outcomes: map[string]uint64{}}
+		w := &worker{lat: hist.New(), lag: hist.New(), outcomes: map[string]uint64{}}
 		workers[i] = w
 		wg.Add(1)
 		go func(id int) {
 			defer wg.Done()
-			timer := time.NewTimer(time.Hour)
-			defer timer.Stop()
 			// No new request after the deadline; those in flight get Grace
 			// to finish so the last scheduled ones are counted.
 			for ctx.Err() == nil && time.Now().Before(deadline) {
-				seq := next.Add(1) - 1
-				if cfg.Requests > 0 && seq >= cfg.Requests {
-					return
-				}
-				began := time.Now()
-				intended := began
-				if interval > 0 {
-					// Open loop: request seq is due at start+seq·interval no
-					// matter how long earlier ones took.
-					intended = start.Add(time.Duration(seq) * interval)
-					if !intended.Before(deadline) {
+				var seq uint64
+				if jobs != nil {
+					var ok bool
+					select {
+					case seq, ok = <-jobs:
+						if !ok {
+							return
+						}
+					case <-ctx.Done():
 						return
 					}
-					if wait := time.Until(intended); wait > 0 {
-						timer.Reset(wait)
-						select {
-						case <-ctx.Done():
-							return
-						case <-timer.C:
-						}
-					} else if -wait > time.Millisecond {
+				} else if seq = next.Add(1) - 1; cfg.Requests > 0 && seq >= cfg.Requests {
+					return
+				}
+				sent := time.Now()
+				intended := sent
+				if jobs != nil {
+					intended = start.Add(time.Duration(seq) * interval)
+					if lag := sent.Sub(intended); lag > time.Millisecond {
 						w.late++
 					}
 				}
@@ -153,6 +164,9 @@ func Run(ctx context.Context, cfg Config, op Op) (*Result, error) {
 					return
 				}
 				w.lat.Record(end.Sub(intended))
+				if jobs != nil {
+					w.lag.Record(sent.Sub(intended))
+				}
 				sec := int(end.Sub(start) / time.Second)
 				if sec >= nsec {
 					sec = nsec - 1
@@ -199,10 +213,11 @@ func Run(ctx context.Context, cfg Config, op Op) (*Result, error) {
 	close(stopProgress)
 	pwg.Wait()
 
-	res := &Result{Elapsed: elapsed, Requests: done.Load(), Errors: failed.Load(), Outcomes: map[string]uint64{}, Latency: hist.New()}
+	res := &Result{Elapsed: elapsed, Requests: done.Load(), Errors: failed.Load(), Outcomes: map[string]uint64{}, Latency: hist.New(), SendLag: hist.New()}
 	seen := map[string]bool{}
 	for _, w := range workers {
 		res.Latency.Merge(w.lat)
+		res.SendLag.Merge(w.lag)
 		res.Late += w.late
 		for k, v := range w.outcomes {
 			res.Outcomes[k] += v
