@@ -355,7 +355,7 @@ func TestDeltaOnlyChanged(t *testing.T) {
 }
 
 // TestSotWEDSShapes: ordinary SotW clients get only the changed CLA (shared
-// linear cache); HDS nodes, which read SotW EDS as the full set, get every
+// EDS cache); HDS nodes, which read SotW EDS as the full set, get every
 // CLA they asked for.
 func TestSotWEDSShapes(t *testing.T) {
 	e := startServer(t)
