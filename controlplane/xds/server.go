@@ -272,7 +272,11 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 		var vers [4]string
 		for i, t := range snapshotTypes {
 			rs := [][]types.Resource{g.Listeners, g.Routes, g.Clusters, eds}[i]
-			v, vm, err := typeVersion(rs)
+			var known map[string]string
+			if t.idx == types.Endpoint {
+				known = s.edsHash // hashed above: the same CLAs
+			}
+			v, vm, err := typeVersion(rs, known)
 			if err != nil {
 				return fmt.Errorf("group %s: %w", name, err)
 			}
@@ -327,15 +331,19 @@ func resourceHash(r types.Resource) (string, error) {
 // typeVersion is a content hash of one type's resources: equal content
 // gives an equal version, so an unchanged type is never re-pushed (even
 // across restarts), and the per-resource hashes serve delta.
-func typeVersion(rs []types.Resource) (string, map[string]string, error) {
+// known holds hashes already computed, by name.
+func typeVersion(rs []types.Resource, known map[string]string) (string, map[string]string, error) {
 	vm := make(map[string]string, len(rs))
 	names := make([]string, 0, len(rs))
 	for _, r := range rs {
-		h, err := resourceHash(r)
-		if err != nil {
-			return "", nil, err
-		}
 		n := cachev3.GetResourceName(r)
+		h, ok := known[n]
+		if !ok {
+			var err error
+			if h, err = resourceHash(r); err != nil {
+				return "", nil, err
+			}
+		}
 		vm[n] = h
 		names = append(names, n)
 	}
