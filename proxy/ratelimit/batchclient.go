@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,17 @@ type BatchOptions struct {
 	Streams int
 	// MaxBatch bounds the calls in one message. Default 256.
 	MaxBatch int
+	// Window bounds the messages in flight (sent and not answered yet)
+	// on all the client's streams together. While it is full, new calls
+	// wait and leave together in one message as soon as an answer comes
+	// back — TCP's Nagle rule applied to calls: no timer, and a lone call
+	// never waits (nothing is in flight). Fewer, larger messages cost the
+	// proxy, RLS and Redis fewer syscalls and wake-ups per call. Default 1.
+	Window int
+	// Hold bounds how long an unanswered message keeps its place in the
+	// window, so one slow answer cannot stall the calls behind it.
+	// Default 2ms.
+	Hold time.Duration
 	// MaxStreamAge: a stream older than this is closed gracefully and
 	// reopened, so streams spread again over endpoints that changed.
 	// Default 1 minute.
@@ -99,8 +111,10 @@ type BatchClient struct {
 	stream batchv1.RateLimitBatchClient
 	o      BatchOptions
 	queue  chan *call
-	live   atomic.Int32 // streams that can take calls
-	ids    atomic.Uint64
+	// slots: one token per message in flight (capacity Window).
+	slots chan struct{}
+	live  atomic.Int32 // streams that can take calls
+	ids   atomic.Uint64
 	// unaryUntil (unix nanos): after UNIMPLEMENTED, unary until then.
 	unaryUntil atomic.Int64
 	batched    atomic.Uint64
@@ -109,6 +123,7 @@ type BatchClient struct {
 
 type call struct {
 	id   uint64
+	msg  uint64 // the stream message it went in
 	req  []byte
 	done chan callResult // buffered: a late answer never blocks
 }
@@ -126,6 +141,12 @@ func NewBatchClient(ctx context.Context, conn grpc.ClientConnInterface, o BatchO
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 256
 	}
+	if o.Window <= 0 {
+		o.Window = 1
+	}
+	if o.Hold <= 0 {
+		o.Hold = 2 * time.Millisecond
+	}
 	if o.MaxStreamAge <= 0 {
 		o.MaxStreamAge = time.Minute
 	}
@@ -137,7 +158,7 @@ func NewBatchClient(ctx context.Context, conn grpc.ClientConnInterface, o BatchO
 	}
 	c := &BatchClient{
 		unary: rlsv3.NewRateLimitServiceClient(conn), stream: batchv1.NewRateLimitBatchClient(conn),
-		o: o, queue: make(chan *call, 4096),
+		o: o, queue: make(chan *call, 4096), slots: make(chan struct{}, o.Window),
 	}
 	for range o.Streams {
 		go c.worker(ctx)
@@ -298,7 +319,29 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 		pending  = map[uint64]*call{}
 		answered atomic.Bool
 		recvDone = make(chan error, 1)
+		// inflight: this stream's messages holding a window slot (under
+		// mu), oldest first.
+		inflight []sent
+		seq      uint64
 	)
+	// release gives back the slot of message m if it still holds one
+	// (under mu).
+	release := func(m uint64) {
+		for i := range inflight {
+			if inflight[i].seq == m {
+				inflight = slices.Delete(inflight, i, i+1)
+				<-c.slots
+				return
+			}
+		}
+	}
+	defer func() {
+		mu.Lock()
+		for len(inflight) > 0 {
+			release(inflight[0].seq)
+		}
+		mu.Unlock()
+	}()
 	// failAll answers every outstanding call of this stream with err.
 	failAll := func(err error) {
 		mu.Lock()
@@ -348,6 +391,9 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 					continue
 				}
 				delete(pending, an.GetId())
+				if len(inflight) > 0 {
+					release(cl.msg)
+				}
 				if an.GetCode() != 0 {
 					cl.done <- callResult{err: status.Error(codes.Code(an.GetCode()), an.GetMessage())}
 				} else {
@@ -366,11 +412,30 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 	}
 	age := time.NewTimer(c.o.MaxStreamAge)
 	defer age.Stop()
+	hold := time.NewTimer(time.Hour)
+	hold.Stop()
+	defer hold.Stop()
 	msg := &batchv1.Batch{}
 	for {
-		var first *call
+		// A slot in the window first: while the window is full, calls
+		// wait in the queue and leave together. An unanswered message of
+		// this stream gives its slot up after Hold.
+		mu.Lock()
+		holding := len(inflight) > 0
+		if holding {
+			hold.Reset(time.Until(inflight[0].at.Add(c.o.Hold)))
+		}
+		mu.Unlock()
 		select {
-		case first = <-c.queue:
+		case c.slots <- struct{}{}:
+		case <-hold.C:
+			holding = false
+			mu.Lock()
+			if len(inflight) > 0 {
+				release(inflight[0].seq)
+			}
+			mu.Unlock()
+			continue
 		case err := <-recvDone:
 			return abort(err)
 		case <-age.C:
@@ -379,11 +444,29 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 			failAll(status.FromContextError(ctx.Err()).Err())
 			return answered.Load(), ctx.Err()
 		}
-		// Let the goroutines that are ready run first: under load each
-		// adds its call to the queue, and they all leave in this message.
-		// (Without it, on few cores the woken worker runs before anyone
-		// else and sends one call per message.) Idle: returns at once.
+		if holding && !hold.Stop() {
+			select {
+			case <-hold.C:
+			default:
+			}
+		}
+		var first *call
+		select {
+		case first = <-c.queue:
+		case err := <-recvDone:
+			<-c.slots
+			return abort(err)
+		case <-age.C:
+			<-c.slots
+			return c.closeStream(st, recvDone, replay, failAll)
+		case <-ctx.Done():
+			<-c.slots
+			failAll(status.FromContextError(ctx.Err()).Err())
+			return answered.Load(), ctx.Err()
+		}
 		runtime.Gosched()
+		seq++
+		first.msg = seq
 		msg.Calls = append(msg.Calls[:0], &batchv1.Call{Id: first.id, Request: first.req})
 		mu.Lock()
 		pending[first.id] = first
@@ -391,12 +474,14 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 		for len(msg.Calls) < c.o.MaxBatch {
 			select {
 			case cl := <-c.queue:
+				cl.msg = seq
 				pending[cl.id] = cl
 				msg.Calls = append(msg.Calls, &batchv1.Call{Id: cl.id, Request: cl.req})
 			default:
 				break fill
 			}
 		}
+		inflight = append(inflight, sent{seq: seq, at: time.Now()})
 		mu.Unlock()
 		c.batched.Add(uint64(len(msg.Calls)))
 		c.batches.Add(1)
@@ -409,6 +494,12 @@ func (c *BatchClient) runStream(ctx context.Context) (ok bool, err error) {
 			return abort(<-recvDone)
 		}
 	}
+}
+
+// sent is a message holding a window slot.
+type sent struct {
+	seq uint64
+	at  time.Time
 }
 
 // closeStream ends an aged stream: no more sends, every outstanding answer

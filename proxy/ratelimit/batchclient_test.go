@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -15,11 +16,14 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sidemesh/sidemesh/internal/redistest"
 	"github.com/sidemesh/sidemesh/internal/testbin"
+	batchv1 "github.com/sidemesh/sidemesh/proto/ratelimitbatch/v1"
 )
 
 func userReq(user string) *rlsv3.RateLimitRequest {
@@ -266,5 +270,155 @@ func TestBatchClientTimeout(t *testing.T) {
 	}
 	if el := time.Since(start); el > 1500*time.Millisecond {
 		t.Fatalf("Check took %v with a 50ms timeout", el)
+	}
+}
+
+// gatedBatchServer is an in-test RateLimitBatch server that hands every
+// message it receives to the test and answers it (all calls OK) only when
+// the test says so.
+type gatedBatchServer struct {
+	batchv1.UnimplementedRateLimitBatchServer
+	got chan received
+}
+
+// received is one message and how to answer it on its stream.
+type received struct {
+	*batchv1.Batch
+	answer chan<- *batchv1.Batch
+}
+
+func (g *gatedBatchServer) Check(st grpc.BidiStreamingServer[batchv1.Batch, batchv1.Answers]) error {
+	errc := make(chan error, 1)
+	answer := make(chan *batchv1.Batch, 16)
+	go func() {
+		for {
+			b, err := st.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			g.got <- received{b, answer}
+		}
+	}()
+	ok, err := proto.Marshal(&rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK})
+	if err != nil {
+		return err
+	}
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case b := <-answer:
+			a := &batchv1.Answers{}
+			for _, c := range b.GetCalls() {
+				a.Answers = append(a.Answers, &batchv1.Answer{Id: c.GetId(), Response: ok})
+			}
+			if err := st.Send(a); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func startGatedBatchServer(t *testing.T) (*gatedBatchServer, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedBatchServer{got: make(chan received, 16)}
+	s := grpc.NewServer()
+	batchv1.RegisterRateLimitBatchServer(s, g)
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return g, ln.Addr().String()
+}
+
+// received waits for the server's next message.
+func (g *gatedBatchServer) received(t *testing.T) received {
+	t.Helper()
+	select {
+	case b := <-g.got:
+		return b
+	case <-time.After(30 * time.Second):
+		t.Fatal("timed out waiting for a batch message")
+		return received{}
+	}
+}
+
+// TestBatchClientWindow: with one message in flight (on either of two
+// streams), calls wait and leave together as the next message once the
+// first is answered, and a lone call goes at once; a message left
+// unanswered holds them back at most Hold.
+func TestBatchClientWindow(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		streams int
+		hold    time.Duration
+		answer  bool // answer the first message before the rest may go
+	}{
+		{"one stream/answer releases", 1, time.Hour, true},
+		{"two streams/answer releases", 2, time.Hour, true},
+		{"two streams/hold releases", 2, 200 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, addr := startGatedBatchServer(t)
+			conn, _, err := Dial([]string{addr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			bc := NewBatchClient(ctx, conn, BatchOptions{Streams: tc.streams, Window: 1, Hold: tc.hold})
+			waitUntil(t, "the batch stream", bc.Streaming)
+
+			call := func(errs chan<- error, user string) {
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				resp, err := bc.ShouldRateLimit(cctx, userReq(user))
+				if err == nil && resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+					err = fmt.Errorf("answer %v", resp.GetOverallCode())
+				}
+				errs <- err
+			}
+			errs := make(chan error, 6)
+			go call(errs, "lone")
+			first := g.received(t)
+			if n := len(first.GetCalls()); n != 1 {
+				t.Fatalf("a lone call went in a message of %d calls", n)
+			}
+			for i := range 5 {
+				go call(errs, fmt.Sprintf("u%d", i))
+			}
+			if tc.answer {
+				// The window is full: all five wait in the queue, none sent.
+				waitUntil(t, "five calls held back", func() bool { return len(bc.queue) == 5 })
+				select {
+				case b := <-g.got:
+					t.Fatalf("a message of %d calls left with one in flight", len(b.GetCalls()))
+				default:
+				}
+				first.answer <- first.Batch
+			}
+			second := g.received(t)
+			if n := len(second.GetCalls()); tc.answer && n != 5 {
+				t.Fatalf("second message carries %d calls, want the 5 held back", n)
+			}
+			if !tc.answer {
+				first.answer <- first.Batch
+			}
+			second.answer <- second.Batch
+			for got := 1 + len(second.GetCalls()); got < 6; {
+				b := g.received(t)
+				b.answer <- b.Batch
+				got += len(b.GetCalls())
+			}
+			for range 6 {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
 	}
 }

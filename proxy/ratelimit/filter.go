@@ -134,7 +134,10 @@ type Filter struct {
 	own           *Policy // filter-level rate_limits: replace the route's
 	client        RLSClient
 	opts          Options
-	prom          *prometheus.CounterVec
+	// promOK, promOver, promErr, promAllowed: this domain's children of
+	// sidemesh_proxy_ratelimit_total, looked up once (nil without a
+	// Registerer).
+	promOK, promOver, promErr, promAllowed prometheus.Counter
 
 	ok, over, errs, allowed atomic.Uint64
 }
@@ -176,16 +179,20 @@ func New(cfg *ratelimitv3.RateLimit, client RLSClient, opts Options) (*Filter, e
 		f.opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if r := opts.Registerer; r != nil {
-		f.prom = prometheus.NewCounterVec(prometheus.CounterOpts{
+		prom := prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidemesh_proxy_ratelimit_total", Help: "Rate limit filter decisions by domain and result (Envoy's ok, over_limit, error, failure_mode_allowed).",
 		}, []string{"domain", "result"})
-		if err := r.Register(f.prom); err != nil {
+		if err := r.Register(prom); err != nil {
 			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-				f.prom = are.ExistingCollector.(*prometheus.CounterVec)
+				prom = are.ExistingCollector.(*prometheus.CounterVec)
 			} else {
 				return nil, fmt.Errorf("ratelimit filter: stats: %w", err)
 			}
 		}
+		f.promOK = prom.WithLabelValues(f.domain, string(OK))
+		f.promOver = prom.WithLabelValues(f.domain, string(OverLimit))
+		f.promErr = prom.WithLabelValues(f.domain, string(Error))
+		f.promAllowed = prom.WithLabelValues(f.domain, string(FailureModeAllowed))
 	}
 	return f, nil
 }
@@ -202,24 +209,27 @@ func (f *Filter) Stats() Stats {
 }
 
 func (f *Filter) count(o Outcome) {
+	var c prometheus.Counter
 	switch o {
 	case OK:
 		f.ok.Add(1)
+		c = f.promOK
 	case OverLimit:
 		f.over.Add(1)
+		c = f.promOver
 	case Error:
 		f.errs.Add(1)
+		c = f.promErr
 	case FailureModeAllowed:
 		f.errs.Add(1) // Envoy counts both error and failure_mode_allowed
 		f.allowed.Add(1)
-		if f.prom != nil {
-			f.prom.WithLabelValues(f.domain, string(Error)).Inc()
+		if f.promErr != nil {
+			f.promErr.Inc()
 		}
-	default:
-		return
+		c = f.promAllowed
 	}
-	if f.prom != nil {
-		f.prom.WithLabelValues(f.domain, string(o)).Inc()
+	if c != nil {
+		c.Inc()
 	}
 }
 
