@@ -35,6 +35,7 @@ type Controller struct {
 	debounce time.Duration
 	log      *slog.Logger
 	apply    Applier
+	parser   *model.Parser // remembers service entries across reloads
 
 	mu     sync.Mutex
 	mesh   *model.Mesh
@@ -63,7 +64,7 @@ type Status struct {
 
 // New builds a controller; metrics go to reg (may be nil).
 func New(path string, debounce time.Duration, log *slog.Logger, apply Applier, reg prometheus.Registerer) *Controller {
-	c := &Controller{path: path, debounce: debounce, log: log, apply: apply, status: Status{Path: path}}
+	c := &Controller{path: path, debounce: debounce, log: log, apply: apply, parser: model.NewParser(), status: Status{Path: path}}
 	c.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sidemesh_controlplane_model_reloads_total", Help: "Model loads by result (ok, error).",
 	}, []string{"result"})
@@ -86,7 +87,7 @@ func (c *Controller) Load(ctx context.Context) error {
 		c.mu.Lock()
 		c.readFP = model.Fingerprint(srcs)
 		c.mu.Unlock()
-		m, err = model.Parse(srcs...)
+		m, err = c.parser.Parse(srcs...)
 	}
 	parsed := time.Now()
 	if err == nil {

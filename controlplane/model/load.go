@@ -154,11 +154,19 @@ func (l *locator) fileLines(file string) map[string]int {
 }
 
 // Parse decodes and validates sources as one model.
-func Parse(srcs ...Source) (*Mesh, error) {
+func Parse(srcs ...Source) (*Mesh, error) { return parse(srcs, nil) }
+
+// parse is Parse, with YAML trees already built for some sources (roots[i]
+// for srcs[i], nil where the source is to be parsed here).
+func parse(srcs []Source, roots []*yaml.Node) (*Mesh, error) {
 	loc := &locator{origins: map[string][]origin{}, roots: map[string]*yaml.Node{}, lines: map[string]map[string]int{}}
 	merged := &Mesh{}
-	for _, src := range srcs {
-		m, err := decode(src, loc)
+	for i, src := range srcs {
+		var root *yaml.Node
+		if i < len(roots) {
+			root = roots[i]
+		}
+		m, err := decode(src, root, loc)
 		if err != nil {
 			return nil, err
 		}
@@ -199,22 +207,24 @@ var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
 // decode parses one source once: the YAML tree is checked for unknown
 // fields (as a strict decoder would), decoded, and kept for locating errors.
 // Parsing dominates the cost of a reload, so it is not done twice.
-func decode(src Source, loc *locator) (*Mesh, error) {
+func decode(src Source, root *yaml.Node, loc *locator) (*Mesh, error) {
 	m := &Mesh{}
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(src.Data))
-	if err := dec.Decode(&root); err != nil {
-		if errors.Is(err, io.EOF) {
-			return m, nil // empty, or comments only
+	if root == nil {
+		root = &yaml.Node{}
+		dec := yaml.NewDecoder(bytes.NewReader(src.Data))
+		if err := dec.Decode(root); err != nil {
+			if errors.Is(err, io.EOF) {
+				return m, nil // empty, or comments only
+			}
+			return nil, yamlError(src.Name, err)
 		}
-		return nil, yamlError(src.Name, err)
+		// A second document would be silently ignored; refuse it instead.
+		var extra yaml.Node
+		if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+			return nil, &Error{File: src.Name, Line: extra.Line, Reason: "more than one YAML document; put one model per file"}
+		}
 	}
-	// A second document would be silently ignored; refuse it instead.
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, &Error{File: src.Name, Line: extra.Line, Reason: "more than one YAML document; put one model per file"}
-	}
-	loc.roots[src.Name] = &root
+	loc.roots[src.Name] = root
 	// Decode first: it refuses excessive aliasing, which bounds the walk.
 	err := root.Decode(m)
 	var te *yaml.TypeError
@@ -223,7 +233,7 @@ func decode(src Source, loc *locator) (*Mesh, error) {
 	}
 	var unknown []string
 	if len(root.Content) > 0 {
-		unknown = knownFields(root.Content[0], reflect.TypeOf(m).Elem(), nil, 0)
+		unknown = fieldChecker{}.check(root.Content[0], reflect.TypeOf(m).Elem(), nil, 0)
 	}
 	if len(unknown) > 0 || te != nil {
 		if te != nil {
@@ -244,9 +254,13 @@ func msgLine(msg string) int {
 	return 0
 }
 
-// knownFields reports mapping keys that name no field of the struct they
-// decode into, worded as yaml.v3's strict decoder words them.
-func knownFields(n *yaml.Node, t reflect.Type, errs []string, depth int) []string {
+// fieldChecker finds mapping keys that name no field of the struct they
+// decode into. It remembers each struct's keys: building them per node was
+// a fifth of a reload.
+type fieldChecker map[reflect.Type]map[string]reflect.Type
+
+// check reports those keys, worded as yaml.v3's strict decoder words them.
+func (fc fieldChecker) check(n *yaml.Node, t reflect.Type, errs []string, depth int) []string {
 	if depth > 100 {
 		return errs // alias cycles: the decoder reports them itself
 	}
@@ -255,7 +269,7 @@ func knownFields(n *yaml.Node, t reflect.Type, errs []string, depth int) []strin
 	}
 	if n.Kind == yaml.AliasNode {
 		if n.Alias != nil {
-			return knownFields(n.Alias, t, errs, depth+1)
+			return fc.check(n.Alias, t, errs, depth+1)
 		}
 		return errs
 	}
@@ -264,16 +278,20 @@ func knownFields(n *yaml.Node, t reflect.Type, errs []string, depth int) []strin
 		if n.Kind != yaml.MappingNode {
 			return errs
 		}
-		fields := yamlFields(t)
+		fields, ok := fc[t]
+		if !ok {
+			fields = yamlFields(t)
+			fc[t] = fields
+		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if isMerge(k) {
 				if v.Kind == yaml.SequenceNode {
 					for _, c := range v.Content {
-						errs = knownFields(c, t, errs, depth+1)
+						errs = fc.check(c, t, errs, depth+1)
 					}
 				} else {
-					errs = knownFields(v, t, errs, depth+1)
+					errs = fc.check(v, t, errs, depth+1)
 				}
 				continue
 			}
@@ -282,18 +300,18 @@ func knownFields(n *yaml.Node, t reflect.Type, errs []string, depth int) []strin
 				errs = append(errs, fmt.Sprintf("line %d: field %s not found in type %s", k.Line, k.Value, t))
 				continue
 			}
-			errs = knownFields(v, ft, errs, depth+1)
+			errs = fc.check(v, ft, errs, depth+1)
 		}
 	case reflect.Slice, reflect.Array:
 		if n.Kind == yaml.SequenceNode {
 			for _, c := range n.Content {
-				errs = knownFields(c, t.Elem(), errs, depth+1)
+				errs = fc.check(c, t.Elem(), errs, depth+1)
 			}
 		}
 	case reflect.Map:
 		if n.Kind == yaml.MappingNode {
 			for i := 1; i < len(n.Content); i += 2 {
-				errs = knownFields(n.Content[i], t.Elem(), errs, depth+1)
+				errs = fc.check(n.Content[i], t.Elem(), errs, depth+1)
 			}
 		}
 	}
