@@ -16,6 +16,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // portsModel: one service per entry of ports (svc-0, svc-1, ...), each
@@ -150,6 +151,16 @@ func TestEDSCacheDeltaFollowsSubscriptions(t *testing.T) {
 	w.expect("svc-1@88 removed=svc-2")
 }
 
+// claPort is a CLA's name and its first endpoint's port.
+func claPort(t *testing.T, a *anypb.Any) (string, uint32) {
+	var cla endpointv3.ClusterLoadAssignment
+	if err := a.UnmarshalTo(&cla); err != nil {
+		t.Error(err)
+		return "", 0
+	}
+	return cla.GetClusterName(), cla.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue()
+}
+
 // TestEDSCacheChurn: delta and SotW clients change their subscriptions at
 // random while endpoints change; run with -race. Each client must end up
 // with exactly the final version of every name it follows.
@@ -231,12 +242,8 @@ func TestEDSCacheChurn(t *testing.T) {
 					}
 					v.mu.Lock()
 					for _, res := range r.GetResources() {
-						if v.subs[res.GetName()] {
-							var cla endpointv3.ClusterLoadAssignment
-							if err := res.GetResource().UnmarshalTo(&cla); err != nil {
-								t.Error(err)
-							}
-							v.have[res.GetName()] = cla.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue()
+						if name, port := claPort(t, res.GetResource()); v.subs[name] {
+							v.have[name] = port
 						}
 					}
 					for _, n := range r.GetRemovedResources() {
@@ -270,14 +277,9 @@ func TestEDSCacheChurn(t *testing.T) {
 				}
 				v.mu.Lock()
 				for _, a := range r.GetResources() {
-					var cla endpointv3.ClusterLoadAssignment
-					if err := a.UnmarshalTo(&cla); err != nil {
-						t.Error(err)
+					if name, port := claPort(t, a); v.subs[name] { // else sent before the client's last request
+						v.have[name] = port
 					}
-					if !v.subs[cla.GetClusterName()] {
-						continue // sent before the client's last request
-					}
-					v.have[cla.GetClusterName()] = cla.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue()
 				}
 				// SotW requests carry the whole list: churn it on each ACK
 				// while the updates run.
