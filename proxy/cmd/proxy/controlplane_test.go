@@ -156,9 +156,18 @@ func TestControlplaneChurnAndHotRestart(t *testing.T) {
 
 	// synced waits until the controlplane sent something newer than before
 	// and the proxy ACKed every type it was sent.
+	// synced: the proxy ACKed everything sent, and the routes are new
+	// (every generation changes them; the controlplane pushes them after
+	// EDS and LDS, before CDS, so a CDS change may be counted one
+	// generation late). Waiting for "any type changed" raced with the push:
+	// an EDS response could be sent and ACKed before that generation's
+	// routes were sent.
 	synced := func(before map[string]typeState) bool {
 		st, _ := cpState(t, cpURL, "ingress")
 		if len(st) == 0 {
+			return false
+		}
+		if before != nil && st["RouteConfiguration"].Sent == before["RouteConfiguration"].Sent {
 			return false
 		}
 		changed := false
