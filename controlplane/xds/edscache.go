@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -61,10 +62,12 @@ func newEDSCache(prefix string) *edsCache {
 	return &edsCache{prefix: prefix, genStr: "0", res: map[string]*edsEntry{}, watches: map[uint64]*edsWatch{}}
 }
 
-// edsUpdate is one changed resource: its name, encoding and hash.
-type edsUpdate struct {
+// resourceChange is one resource whose content changed: its name, the
+// hash of its encoding (its version), the encoding and the resource.
+type resourceChange struct {
 	name, version string
 	encoded       []byte
+	res           types.Resource
 }
 
 func (c *edsCache) version() string { return c.prefix + c.genStr }
@@ -73,7 +76,7 @@ func (c *edsCache) version() string { return c.prefix + c.genStr }
 // subscribe to one of them. Responses are built in parallel: the watches
 // stay locked meanwhile, so no stream changes its subscription while its
 // response is computed from it.
-func (c *edsCache) Update(upd []edsUpdate, del []string) {
+func (c *edsCache) Update(upd []resourceChange, del []string) {
 	if len(upd) == 0 && len(del) == 0 {
 		return
 	}

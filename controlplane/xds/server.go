@@ -146,27 +146,29 @@ func (s *Server) groupCache(typeURL, group string) *cachev3.LinearCache {
 	return lc
 }
 
-// diff compares resources with the hashes last applied.
-func diff(prev map[string]string, rs []types.Resource) (next map[string]string, toUpdate map[string]types.Resource, toDelete []string, err error) {
+// diff compares resources with the hashes last applied: the new hashes,
+// the resources whose content changed (with their encoding, which the EDS
+// cache serves as is) and the names that are gone.
+func diff(prev map[string]string, rs []types.Resource) (next map[string]string, changed []resourceChange, gone []string, err error) {
 	next = make(map[string]string, len(rs))
-	toUpdate = map[string]types.Resource{}
 	for _, r := range rs {
-		h, err := resourceHash(r)
-		if err != nil {
-			return nil, nil, nil, err
-		}
 		n := cachev3.GetResourceName(r)
+		b, err := cachev3.MarshalResource(r)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", n, err)
+		}
+		h := cachev3.HashResource(b)
 		next[n] = h
 		if prev[n] != h {
-			toUpdate[n] = r
+			changed = append(changed, resourceChange{name: n, version: h, encoded: b, res: r})
 		}
 	}
 	for n := range prev {
 		if _, ok := next[n]; !ok {
-			toDelete = append(toDelete, n)
+			gone = append(gone, n)
 		}
 	}
-	return next, toUpdate, toDelete, nil
+	return next, changed, gone, nil
 }
 
 // Register exposes ADS (SotW and delta) on g.
@@ -200,24 +202,13 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 		}
 	}
 	// EDS first, so a new cluster's endpoints are there when CDS names it.
-	newHash := make(map[string]string, len(out.Endpoints))
-	var upd []edsUpdate
+	cla := make([]types.Resource, 0, len(out.Endpoints))
 	for _, c := range out.Endpoints {
-		b, err := cachev3.MarshalResource(c)
-		if err != nil {
-			return fmt.Errorf("endpoints: %s: %w", c.GetClusterName(), err)
-		}
-		h := cachev3.HashResource(b)
-		newHash[c.GetClusterName()] = h
-		if s.edsHash[c.GetClusterName()] != h {
-			upd = append(upd, edsUpdate{name: c.GetClusterName(), version: h, encoded: b})
-		}
+		cla = append(cla, c)
 	}
-	var del []string
-	for n := range s.edsHash {
-		if _, ok := newHash[n]; !ok {
-			del = append(del, n)
-		}
+	newHash, upd, del, err := diff(s.edsHash, cla)
+	if err != nil {
+		return fmt.Errorf("endpoints: %w", err)
 	}
 	if len(upd) > 0 || len(del) > 0 {
 		s.tracker.markChange(resourcev3.EndpointType, now)
@@ -255,7 +246,11 @@ func (s *Server) Apply(ctx context.Context, out *translate.Output) error {
 				}
 				if len(upd) > 0 || len(del) > 0 {
 					s.tracker.markChange(t.url, now)
-					if err := s.groupCache(t.url, name).UpdateResources(upd, del); err != nil {
+					byName := make(map[string]types.Resource, len(upd))
+					for _, c := range upd {
+						byName[c.name] = c.res
+					}
+					if err := s.groupCache(t.url, name).UpdateResources(byName, del); err != nil {
 						return fmt.Errorf("group %s: %w", name, err)
 					}
 					s.tracker.pushes(t.url, len(upd)+len(del))
