@@ -27,6 +27,7 @@ func Spec() app.Spec {
 			fs.String("target", "127.0.0.1:18081", "RLS gRPC address host:port")
 			harness.AddLoadFlags(fs, 64)
 			fs.Int("conns", 4, "gRPC connections (workers are spread over them)")
+			fs.String("client", ClientH2, "unary gRPC client: h2 (loadtest/h2grpc, a lean HTTP/2 client so the generator costs little CPU) or grpc (grpc-go ClientConn); --batch always uses grpc-go")
 			fs.Bool("batch", false, "send calls as the sidemesh proxy does: batched on one RateLimitBatch stream per connection (falls back to unary against an RLS without it)")
 			fs.String("domain", "sidemesh", "rate limit domain")
 			fs.String("key", "user", "descriptor entry key")
@@ -56,6 +57,15 @@ func run(ctx context.Context, env *app.Env) error {
 	}
 	opt.Conns, _ = fs.GetInt("conns")
 	opt.Batch, _ = fs.GetBool("batch")
+	opt.Client, _ = fs.GetString("client")
+	switch {
+	case opt.Client != ClientH2 && opt.Client != ClientGRPC:
+		return app.Usagef("--client %q: want h2 or grpc", opt.Client)
+	case opt.Batch && opt.Client == ClientH2 && fs.Changed("client"):
+		return app.Usagef("--batch needs --client grpc (batch streams are grpc-go streams)")
+	case opt.Batch:
+		opt.Client = ClientGRPC
+	}
 	opt.Domain, _ = fs.GetString("domain")
 	opt.Key, _ = fs.GetString("key")
 	opt.Descriptors, _ = fs.GetInt("descriptors")
@@ -87,22 +97,33 @@ func run(ctx context.Context, env *app.Env) error {
 	if err != nil {
 		return err
 	}
-	conns, err := Dial(ctx, opt.Target, opt.Conns)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		for _, c := range conns {
-			c.Close()
+	var l *Load
+	if opt.Client == ClientH2 {
+		slots, err := DialH2(ctx, opt.Target, opt.Conns)
+		if err != nil {
+			return err
 		}
-	}()
-	l := New(ctx, opt, conns, cfg.Concurrency)
+		defer CloseH2(slots)
+		l = NewH2(opt, slots, cfg.Concurrency)
+	} else {
+		conns, err := Dial(ctx, opt.Target, opt.Conns)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		l = New(ctx, opt, conns, cfg.Concurrency)
+	}
 	res, deltas, err := harness.Measure(ctx, env, "rls", opt.Target, cfg, src, l.Op)
 	if err != nil {
 		return err
 	}
 	res.Params = harness.Params(fs)
 	res.Params["run-id"] = opt.RunID
+	res.Params["client"] = opt.Client // the effective one (--batch forces grpc)
 	rt, _ := fs.GetString("roundtrip-metric")
 	l.Finish(res, deltas, rt)
 	if res.Requests > 0 && res.Errors == res.Requests {

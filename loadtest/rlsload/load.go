@@ -30,7 +30,9 @@ type Options struct {
 	Conns  int
 	// Batch sends calls on sidemesh's RateLimitBatch streams, one per
 	// connection, batched as the proxy batches them.
-	Batch       bool
+	Batch bool
+	// Client is ClientH2 or ClientGRPC (unary calls only; Batch uses grpc-go).
+	Client      string
 	Domain      string
 	Key         string
 	Keys        KeyDist
@@ -99,6 +101,8 @@ type admitted struct {
 type Load struct {
 	opt     Options
 	clients []ratelimit.RLSClient
+	h2      []*H2Conn
+	bufs    []h2Bufs // per worker, for h2
 	pickers []*Picker
 	track   []map[string]*admitted // per worker, merged after the run
 }
@@ -114,11 +118,26 @@ func New(ctx context.Context, opt Options, conns []*grpc.ClientConn, concurrency
 			l.clients = append(l.clients, rlspb.NewRateLimitServiceClient(c))
 		}
 	}
+	l.workers(concurrency)
+	return l
+}
+
+// NewH2 prepares a unary load over h2grpc connections.
+func NewH2(opt Options, slots []*H2Conn, concurrency int) *Load {
+	l := &Load{opt: opt, h2: slots}
+	l.bufs = make([]h2Bufs, concurrency)
+	l.workers(concurrency)
+	return l
+}
+
+// h2Bufs are a worker's request and response buffers.
+type h2Bufs struct{ req, resp []byte }
+
+func (l *Load) workers(concurrency int) {
 	for i := range concurrency {
-		l.pickers = append(l.pickers, opt.Keys.NewPicker(uint64(i)+1))
+		l.pickers = append(l.pickers, l.opt.Keys.NewPicker(uint64(i)+1))
 		l.track = append(l.track, map[string]*admitted{})
 	}
-	return l
 }
 
 func (l *Load) value(k uint64, d int) string {
@@ -131,6 +150,9 @@ func (l *Load) value(k uint64, d int) string {
 // Op is the runner operation: one ShouldRateLimit call.
 func (l *Load) Op(ctx context.Context, worker int, seq uint64) (string, error) {
 	k := l.pickers[worker].Pick(seq)
+	if l.h2 != nil {
+		return l.opH2(ctx, worker, k)
+	}
 	req := &rlspb.RateLimitRequest{Domain: l.opt.Domain, HitsAddend: 1}
 	for d := range l.opt.Descriptors {
 		req.Descriptors = append(req.Descriptors, &rlcommon.RateLimitDescriptor{
@@ -145,20 +167,47 @@ func (l *Load) Op(ctx context.Context, worker int, seq uint64) (string, error) {
 		return "", err
 	}
 	code := resp.GetOverallCode()
-	if code == rlspb.RateLimitResponse_OK && l.opt.ExpectLimit > 0 {
-		now := time.Now()
-		for d := range l.opt.Descriptors {
-			v := l.value(k, d)
-			a := l.track[worker][v]
-			if a == nil {
-				a = &admitted{first: sent}
-				l.track[worker][v] = a
-			}
-			a.count++
-			a.last = now
-		}
-	}
+	l.admit(worker, k, code, sent)
 	return code.String(), nil
+}
+
+// opH2 is Op over h2grpc: the request is encoded by hand into the worker's
+// buffer and only overall_code is read from the answer.
+func (l *Load) opH2(ctx context.Context, worker int, k uint64) (string, error) {
+	b := &l.bufs[worker]
+	b.req = l.appendRequest(b.req[:0], k)
+	ctx, cancel := context.WithTimeout(ctx, l.opt.Timeout)
+	defer cancel()
+	sent := time.Now()
+	var err error
+	b.resp, err = l.h2[worker%len(l.h2)].invoke(ctx, b.req, b.resp[:0])
+	if err != nil {
+		return "", err
+	}
+	code, err := overallCode(b.resp)
+	if err != nil {
+		return "", err
+	}
+	l.admit(worker, k, code, sent)
+	return code.String(), nil
+}
+
+// admit tallies an OK answer for the over-admission check.
+func (l *Load) admit(worker int, k uint64, code rlspb.RateLimitResponse_Code, sent time.Time) {
+	if code != rlspb.RateLimitResponse_OK || l.opt.ExpectLimit == 0 {
+		return
+	}
+	now := time.Now()
+	for d := range l.opt.Descriptors {
+		v := l.value(k, d)
+		a := l.track[worker][v]
+		if a == nil {
+			a = &admitted{first: sent}
+			l.track[worker][v] = a
+		}
+		a.count++
+		a.last = now
+	}
 }
 
 // Violation is one counter that admitted more than the limit allows.

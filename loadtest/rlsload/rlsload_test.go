@@ -14,6 +14,8 @@ import (
 
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/sidemesh/sidemesh/internal/app"
 	"github.com/sidemesh/sidemesh/loadtest/harness/harnesstest"
@@ -71,6 +73,9 @@ func exec(t *testing.T, args ...string) (int, *report.Result, string) {
 	return harnesstest.Exec(t, Spec(), args...)
 }
 
+// clients are the --client kinds every run-level test covers.
+var clients = []string{ClientH2, ClientGRPC}
+
 func TestNoopShortRun(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -79,13 +84,61 @@ func TestNoopShortRun(t *testing.T) {
 	s := NewNoopServer()
 	go s.Serve(ln)
 	defer s.Stop()
-	code, r, stderr := exec(t, "--target", ln.Addr().String(), "--concurrency", "8", "--conns", "2", "--requests", "2000", "--duration", "30s", "--keys", "zipf:50", "--descriptors", "2")
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr)
+	for _, client := range clients {
+		t.Run(client, func(t *testing.T) {
+			code, r, stderr := exec(t, "--target", ln.Addr().String(), "--client", client, "--concurrency", "8", "--conns", "2", "--requests", "2000", "--duration", "30s", "--keys", "zipf:50", "--descriptors", "2")
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			if r.Requests != 2000 || r.Outcomes["OK"] != 2000 || r.Errors != 0 || r.Latency.Count != 2000 || r.Latency.P50 <= 0 {
+				t.Fatalf("result %+v", r)
+			}
+			if r.Params["client"] != client {
+				t.Fatalf("params %v do not name client %s", r.Params, client)
+			}
+		})
 	}
-	if r.Requests != 2000 || r.Outcomes["OK"] != 2000 || r.Errors != 0 || r.Latency.Count != 2000 || r.Latency.P50 <= 0 {
-		t.Fatalf("result %+v", r)
+}
+
+// TestDefaultClient: unary runs use h2 unless told otherwise; --batch runs
+// use grpc-go and say so.
+func TestDefaultClient(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	s := NewNoopServer()
+	go s.Serve(ln)
+	defer s.Stop()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{{nil, ClientH2}, {[]string{"--batch"}, ClientGRPC}} {
+		code, r, stderr := exec(t, append([]string{"--target", ln.Addr().String(), "--concurrency", "2", "--requests", "50", "--duration", "30s"}, tc.args...)...)
+		if code != 0 || r.Params["client"] != tc.want || r.Outcomes["OK"] != 50 {
+			t.Fatalf("%v: exit %d (%s), client %q, outcomes %v", tc.args, code, stderr, r.Params["client"], r.Outcomes)
+		}
+	}
+}
+
+// TestErrorsCounted: server errors are errors (with grpc-go's text) for both
+// clients.
+func TestErrorsCounted(t *testing.T) {
+	addr := serve(t, failing{})
+	for _, client := range clients {
+		code, r, _ := exec(t, "--target", addr, "--client", client, "--concurrency", "2", "--requests", "20", "--duration", "30s")
+		if code == 0 || r.Errors != 20 || len(r.ErrorSamples) == 0 || r.ErrorSamples[0] != "rpc error: code = ResourceExhausted desc = no tokens" {
+			t.Fatalf("%s: exit %d, %d errors, samples %q", client, code, r.Errors, r.ErrorSamples)
+		}
+	}
+}
+
+type failing struct {
+	rlspb.UnimplementedRateLimitServiceServer
+}
+
+func (failing) ShouldRateLimit(context.Context, *rlspb.RateLimitRequest) (*rlspb.RateLimitResponse, error) {
+	return nil, status.Error(codes.ResourceExhausted, "no tokens")
 }
 
 func TestOverAdmissionCaught(t *testing.T) {
@@ -94,34 +147,36 @@ func TestOverAdmissionCaught(t *testing.T) {
 		slack uint64
 		fail  bool
 	}{{"correct", 0, false}, {"over-admits", 3, true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			fake := &fakeRLS{limit: 5, slack: tc.slack, unit: time.Minute, counts: map[string]uint64{}}
-			addr := serve(t, fake)
-			metrics := httptest.NewServer(fake)
-			defer metrics.Close()
-			code, r, stderr := exec(t, "--target", addr, "--concurrency", "4", "--requests", "400", "--duration", "30s",
-				"--keys", "4", "--expect-limit", "5", "--per", "minute", "--target-metrics", metrics.URL)
-			if got := code != 0; got != tc.fail {
-				t.Fatalf("exit %d (stderr %s), want failure=%v; checks %+v", code, stderr, tc.fail, r.Checks)
-			}
-			if len(r.Checks) != 1 || r.Checks[0].OK == tc.fail {
-				t.Fatalf("checks %+v", r.Checks)
-			}
-			if rt := r.Values["redis_roundtrips_per_request"]; rt != 0.25 {
-				t.Errorf("round trips per request = %v, want 0.25", rt)
-			}
-			if tc.fail {
-				// 4 keys × 3 extra per window, 1 or 2 windows spanned.
-				if over := r.Values["over_admitted_requests"]; over < 4 || over > 24 {
-					t.Errorf("over_admitted_requests = %v", over)
+		for _, client := range clients {
+			t.Run(tc.name+"/"+client, func(t *testing.T) {
+				fake := &fakeRLS{limit: 5, slack: tc.slack, unit: time.Minute, counts: map[string]uint64{}}
+				addr := serve(t, fake)
+				metrics := httptest.NewServer(fake)
+				defer metrics.Close()
+				code, r, stderr := exec(t, "--target", addr, "--client", client, "--concurrency", "4", "--requests", "400", "--duration", "30s",
+					"--keys", "4", "--expect-limit", "5", "--per", "minute", "--target-metrics", metrics.URL)
+				if got := code != 0; got != tc.fail {
+					t.Fatalf("exit %d (stderr %s), want failure=%v; checks %+v", code, stderr, tc.fail, r.Checks)
 				}
-				if !strings.Contains(stderr, "no-over-admission") {
-					t.Errorf("stderr does not name the failed check: %s", stderr)
+				if len(r.Checks) != 1 || r.Checks[0].OK == tc.fail {
+					t.Fatalf("checks %+v", r.Checks)
 				}
-			} else if r.Outcomes["OVER_LIMIT"] < 400-4*5*2 {
-				t.Errorf("outcomes %v: a correct limiter should reject most", r.Outcomes)
-			}
-		})
+				if rt := r.Values["redis_roundtrips_per_request"]; rt != 0.25 {
+					t.Errorf("round trips per request = %v, want 0.25", rt)
+				}
+				if tc.fail {
+					// 4 keys × 3 extra per window, 1 or 2 windows spanned.
+					if over := r.Values["over_admitted_requests"]; over < 4 || over > 24 {
+						t.Errorf("over_admitted_requests = %v", over)
+					}
+					if !strings.Contains(stderr, "no-over-admission") {
+						t.Errorf("stderr does not name the failed check: %s", stderr)
+					}
+				} else if r.Outcomes["OVER_LIMIT"] < 400-4*5*2 {
+					t.Errorf("outcomes %v: a correct limiter should reject most", r.Outcomes)
+				}
+			})
+		}
 	}
 }
 
@@ -130,6 +185,7 @@ func TestBadFlags(t *testing.T) {
 		{"--keys", "zipf:x"}, {"--keys", "0"}, {"--per", "fortnight"}, {"--conns", "0"},
 		{"--descriptors", "0"}, {"--target", "192.0.2.1:81"}, {"--concurrency", "0"}, {"--duration", "0s"},
 		{"--target-pid", "5", "--target-metrics", "http://127.0.0.1:1/metrics"},
+		{"--client", "http"}, {"--batch", "--client", "h2"},
 	} {
 		if code, _, stderr := exec(t, args...); code != app.ExitUsage || stderr == "" {
 			t.Errorf("%v: exit %d stderr %q, want usage error", args, code, stderr)
