@@ -4,6 +4,7 @@
 #
 #   flock -o /tmp/sidemesh-bench.lock services/rls/bench/halfload.sh            # from the repo root
 #   PIN=1 flock -o /tmp/sidemesh-bench.lock services/rls/bench/halfload.sh      # loadtest on CPU 0, the rest on CPU 1
+#   CLIENT=grpc flock -o /tmp/sidemesh-bench.lock services/rls/bench/halfload.sh # generator on grpc-go instead of h2
 #
 # One session: redis-server, bin/rls (examples/bench rules) and `bin/loadtest noop-rls` start
 # side by side; a closed-loop run (64 callers, 4 connections, unique keys) measures each
@@ -12,7 +13,11 @@
 # Each line ends with what the box did meanwhile (busy cores, steal), so runs disturbed by
 # other tenants can be told apart.
 #
-# Environment: BIN (default bin), PIN (1: taskset loadtest to CPU 0, rls + redis + noop to
+# The generator's client (loadtest rls --client): CLIENT=h2 (default; loadtest/h2grpc, a lean
+# HTTP/2 client that costs the shared box less CPU per call) or grpc (a grpc-go ClientConn, as
+# before 2026-12-03). The client is named in each run's header line.
+#
+# Environment: CLIENT (h2), BIN (default bin), PIN (1: taskset loadtest to CPU 0, rls + redis + noop to
 # CPU 1; Go then runs each with GOMAXPROCS=1), RLS_ENV / LT_ENV (e.g. GOMAXPROCS=1),
 # REPS (2), RATE (fixed open-loop rate instead of half the maximum), ports PORT_REDIS (16590),
 # PORT_RLS (18591), PORT_ADMIN (19591), PORT_NOOP (18592).
@@ -20,6 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 BIN=${BIN:-bin}
 PORT_REDIS=${PORT_REDIS:-16590} PORT_RLS=${PORT_RLS:-18591} PORT_ADMIN=${PORT_ADMIN:-19591} PORT_NOOP=${PORT_NOOP:-18592}
+CLIENT=${CLIENT:-h2}
 SRV="" LT=""
 if [ "${PIN:-0}" = 1 ]; then SRV="taskset -c 1" LT="taskset -c 0"; fi
 tmp=$(mktemp -d)
@@ -49,7 +55,7 @@ stat() { awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6, $9}' /proc/stat; }
 lt() {
 	local tgt=$1 pid=$2 a b r0 r1 out; shift 2
 	a=($(stat)) r0=$(rcpu)
-	out=$(env ${LT_ENV:-} $LT "$BIN/loadtest" rls --target "127.0.0.1:$tgt" --target-pid "$pid" --conns 4 \
+	out=$(env ${LT_ENV:-} $LT "$BIN/loadtest" rls --target "127.0.0.1:$tgt" --target-pid "$pid" --conns 4 --client "$CLIENT" \
 		--domain bench --key user --keys unique "$@" 2>&1) || { echo "$out" >&2; return 1; }
 	b=($(stat)) r1=$(rcpu)
 	echo "$out" | grep -E '^(throughput|latency|send lag|target cost|generator cost)' |
@@ -57,7 +63,7 @@ lt() {
 	awk -v x=$((b[0] - a[0])) -v y=$((b[1] - a[1])) -v s=$((b[2] - a[2])) -v r=$((r1 - r0)) -v t="$(getconf CLK_TCK)" \
 		'BEGIN { printf "| redis %.2f CPU s | box busy %.2f cores, steal %d ticks\n", r / t, 2 * x / (x + y), s }'
 }
-echo "# $(date -u '+%F %H:%M') UTC, load $(cut -d' ' -f1-3 /proc/loadavg), PIN=${PIN:-0} RLS_ENV=${RLS_ENV:-} LT_ENV=${LT_ENV:-}"
+echo "# $(date -u '+%F %H:%M') UTC, load $(cut -d' ' -f1-3 /proc/loadavg), CLIENT=$CLIENT PIN=${PIN:-0} RLS_ENV=${RLS_ENV:-} LT_ENV=${LT_ENV:-}"
 echo "closed noop: $(lt "$PORT_NOOP" "$NOOP" --concurrency 64 --duration 6s)"
 closed=$(lt "$PORT_RLS" "$RLS" --concurrency 64 --duration 6s)
 echo "closed rls:  $closed"
