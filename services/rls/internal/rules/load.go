@@ -59,10 +59,14 @@ func IsRuleFile(name string) bool {
 }
 
 // Load reads and parses path.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return LoadOptions(path, Options{}) }
+
+// LoadOptions reads and parses path with options; a directory's files are
+// parsed in name order.
+func LoadOptions(path string, o Options) (*Config, error) {
 	files, err := ReadPath(path)
 	if err != nil {
 		return nil, err
 	}
-	return Parse(files)
+	return ParseOptions(files, o)
 }

@@ -21,44 +21,109 @@ type File struct {
 // maxNodes bounds alias expansion so a hostile file cannot blow up memory.
 const maxNodes = 1 << 20
 
-// Parse builds a Config from rule files. Every problem is reported as
-// "file:line: field: reason"; all problems found are joined.
-func Parse(files []File) (*Config, error) {
+// Options change how a set of rule files becomes one Config.
+type Options struct {
+	// MergeDomains combines the files that declare the same domain into one
+	// domain, as envoyproxy/ratelimit does with MERGE_DOMAIN_CONFIG=true:
+	// each file's top-level descriptors are added to the domain in file
+	// order (so a wildcard of an earlier file is tried before one of a later
+	// file), nested levels are never merged (the same top-level descriptor
+	// in two files is a load error naming both), and replaces resolve
+	// across all of the domain's files. Off, two files with one domain are
+	// a load error.
+	MergeDomains bool
+}
+
+// Parse builds a Config from rule files, each domain in one file. Every
+// problem is reported as "file:line: field: reason"; all problems found are
+// joined.
+func Parse(files []File) (*Config, error) { return ParseOptions(files, Options{}) }
+
+// domainRules is one domain while it is parsed: with MergeDomains, every
+// file declaring it adds to the same tree.
+type domainRules struct {
+	name string
+	root *node
+	// names of the domain's rate_limits and the replaces naming them, to
+	// find dangling replaces once all of the domain's files are read.
+	names    map[string]bool
+	replaces []replaceRef
+	// file that first declared the domain.
+	file string
+}
+
+func newDomainRules(name, file string) *domainRules {
+	return &domainRules{name: name, root: newNode(), names: map[string]bool{}, file: file}
+}
+
+// ParseOptions builds a Config from rule files, in the given order (Load
+// and ReadPath sort a directory's files by name).
+func ParseOptions(files []File, o Options) (*Config, error) {
 	c := &Config{domains: map[string]*node{}}
 	var errs []error
-	seen := map[string]string{}
+	domains := map[string]*domainRules{}
+	var all []*domainRules
 	for _, f := range files {
 		p := &parser{file: f.Name}
-		domain, n := p.parseFile(f.Data)
+		var dupOf string
+		p.parseFile(f.Data, func(domain string) *domainRules {
+			d := domains[domain]
+			switch {
+			case domain == "":
+				d = newDomainRules(domain, f.Name)
+			case d == nil:
+				d = newDomainRules(domain, f.Name)
+				domains[domain] = d
+			case !o.MergeDomains:
+				// Parsed on its own for its errors, then refused.
+				dupOf = d.file
+				d = newDomainRules(domain, f.Name)
+			}
+			all = append(all, d)
+			return d
+		})
+		if dupOf != "" {
+			p.errs = append(p.errs, fmt.Errorf("%s: domain: duplicate domain %q (also in %s); --merge-domain-config combines the files of one domain", f.Name, p.domain.name, dupOf))
+		}
 		if len(p.errs) > 0 {
 			errs = append(errs, p.errs...)
 			continue
 		}
-		if prev, ok := seen[domain]; ok {
-			errs = append(errs, fmt.Errorf("%s: domain: duplicate domain %q (also in %s)", f.Name, domain, prev))
+		c.Files = append(c.Files, f.Name)
+	}
+	seen := map[*domainRules]bool{}
+	for _, d := range all {
+		if seen[d] {
 			continue
 		}
-		seen[domain] = f.Name
-		c.domains[domain] = n
-		c.Files = append(c.Files, f.Name)
+		seen[d] = true
+		n := 0
+		for _, r := range d.replaces {
+			if !d.names[r.name] && n < 20 {
+				n++
+				errs = append(errs, fmt.Errorf("%s:%d: rate_limit.replaces.name: %q names no rate_limit in domain %q", r.file, r.line, r.name, d.name))
+			}
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
+	}
+	for name, d := range domains {
+		c.domains[name] = d.root
 	}
 	return c, nil
 }
 
 type parser struct {
-	file  string
-	errs  []error
-	nodes int
-	// names and replaces collected per file (one domain) to find dangling replaces.
-	names    map[string]bool
-	replaces []replaceRef
+	file   string
+	errs   []error
+	nodes  int
+	domain *domainRules
 }
 
 type replaceRef struct {
 	name string
+	file string
 	line int
 }
 
@@ -156,18 +221,18 @@ func (p *parser) uint32(n *yaml.Node, field string) uint32 {
 
 var rootKeys = map[string]bool{"domain": true, "descriptors": true}
 
-func (p *parser) parseFile(data []byte) (string, *node) {
+// parseFile reads one file; domainFor gives the tree its descriptors go
+// into once the file's domain is known.
+func (p *parser) parseFile(data []byte, domainFor func(domain string) *domainRules) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		p.errs = append(p.errs, fmt.Errorf("%s: %w", p.file, err))
-		return "", nil
+		return
 	}
 	if len(doc.Content) == 0 {
 		p.errorf(nil, "domain", "file is empty")
-		return "", nil
+		return
 	}
-	p.names = map[string]bool{}
-	root := newNode()
 	var domain string
 	var domainSeen bool
 	var descs *yaml.Node
@@ -185,15 +250,10 @@ func (p *parser) parseFile(data []byte) (string, *node) {
 	if !domainSeen && len(p.errs) == 0 {
 		p.errorf(doc.Content[0], "domain", "missing (every rule file needs a domain)")
 	}
+	p.domain = domainFor(domain)
 	if descs != nil {
-		p.descriptors(root, descs, "descriptors", "", nil)
+		p.descriptors(p.domain.root, descs, "descriptors", "", nil)
 	}
-	for _, r := range p.replaces {
-		if !p.names[r.name] {
-			p.errorf(&yaml.Node{Line: r.line}, "rate_limit.replaces.name", "%q names no rate_limit in domain %q", r.name, domain)
-		}
-	}
-	return domain, root
 }
 
 var descriptorKeys = map[string]bool{
@@ -286,7 +346,16 @@ func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, l
 		p.errorf(shareNode, field+".share_threshold", "needs a wildcard value (containing '*') to share one counter among the values it matches; key %q has value %q", key, value)
 	}
 	ek := entryKey{key, value}
-	if parent.children[ek] != nil {
+	if prev := parent.children[ek]; prev != nil {
+		name, f := fmt.Sprintf("%q", key), field+".key"
+		if value != "" {
+			name, f = fmt.Sprintf("%q=%q", key, value), field+".value"
+		}
+		if prev.file != p.file {
+			// Only at the top level: each file builds its own nested levels.
+			p.errorf(item, f, "duplicate descriptor composite key %s in domain %q: also defined at %s:%d (merged files must not define the same top-level descriptor; nested levels are not merged)", name, p.domain.name, prev.file, prev.line)
+			return
+		}
 		if value == "" {
 			p.errorf(item, field+".key", "duplicate descriptor %q at this level", key)
 		} else {
@@ -311,6 +380,7 @@ func (p *parser) descriptor(parent *node, item *yaml.Node, field, path string, l
 	// Every limit keeps its own copy of the levels above it.
 	mine := append(levels[:len(levels):len(levels)], lv)
 	child := newNode()
+	child.file, child.line = p.file, item.Line
 	if rl != nil {
 		child.limit = p.rateLimit(rl, field+".rate_limit", self, fl, md, mine)
 	}
@@ -331,7 +401,7 @@ func (p *parser) rateLimit(n *yaml.Node, field, path string, fl descFlags, md *s
 	}
 	n = p.resolve(n)
 	rl.Source = fmt.Sprintf("%s:%d", p.file, n.Line)
-	firstReplace := len(p.replaces)
+	firstReplace := len(p.domain.replaces)
 	var unitNode, burstNode, algNode *yaml.Node
 	var unit string
 	p.mapping(n, field, rateLimitKeys, func(name string, k, v *yaml.Node) {
@@ -377,9 +447,9 @@ func (p *parser) rateLimit(n *yaml.Node, field, path string, fl descFlags, md *s
 		p.errorf(burstNode, field+".burst", "only valid with algorithm: token_bucket")
 	}
 	if rl.Name != "" {
-		p.names[rl.Name] = true
+		p.domain.names[rl.Name] = true
 	}
-	for _, r := range p.replaces[firstReplace:] {
+	for _, r := range p.domain.replaces[firstReplace:] {
 		if r.name == rl.Name {
 			p.errorf(&yaml.Node{Line: r.line}, field+".replaces", "a limit must not replace itself (%q)", r.name)
 		}
@@ -412,6 +482,6 @@ func (p *parser) replacesList(rl *RateLimit, n *yaml.Node, field string) {
 			continue
 		}
 		rl.Replaces = append(rl.Replaces, name)
-		p.replaces = append(p.replaces, replaceRef{name: name, line: item.Line})
+		p.domain.replaces = append(p.domain.replaces, replaceRef{name: name, file: p.file, line: item.Line})
 	}
 }

@@ -147,6 +147,10 @@ type node struct {
 	// wildcards are children whose value contains '*', in file order.
 	wildcards []wildcard
 	limit     *RateLimit
+	// file and line define the descriptor, for load errors (a merged
+	// domain's top-level descriptors come from several files).
+	file string
+	line int
 }
 
 type wildcard struct {

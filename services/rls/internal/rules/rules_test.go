@@ -287,8 +287,24 @@ func FuzzParse(f *testing.F) {
 		} else if !strings.HasPrefix(err.Error(), "f.yaml") {
 			t.Fatalf("error does not name the file: %v", err)
 		}
+		// The same file merged after another file of domain d: it loads
+		// unless it defines one of that file's top-level descriptors, and
+		// the other file's rules answer.
+		mc, merr := ParseOptions([]File{{Name: "g.yaml", Data: []byte(fuzzMergeBase)}, {Name: "f.yaml", Data: data}}, Options{MergeDomains: true})
+		switch {
+		case merr == nil:
+			if l := mc.Match("d", entries("g", "1")); l == nil || l.Name != "gl" {
+				t.Fatalf("merged: g's rule lost: %+v", l)
+			}
+		case !strings.HasPrefix(merr.Error(), "f.yaml"):
+			t.Fatalf("merged error does not name f.yaml first: %v", merr)
+		case err == nil && !strings.Contains(merr.Error(), "duplicate descriptor composite key"):
+			t.Fatalf("loads alone, merged error is not a duplicate top-level key: %v", merr)
+		}
 	})
 }
+
+const fuzzMergeBase = "domain: d\ndescriptors:\n  - key: g\n    rate_limit: {name: gl, unit: second, requests_per_unit: 1}\n  - key: a\n    value: \"*z\"\n    rate_limit: {unit: second, requests_per_unit: 2}\n"
 
 func TestBenchRulesLoad(t *testing.T) {
 	c, err := Load("../../examples/bench")
