@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http/pprof"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
 	"github.com/sidemesh/sidemesh/services/rls/internal/redisbackend"
 	"github.com/sidemesh/sidemesh/services/rls/internal/reload"
+	"github.com/sidemesh/sidemesh/services/rls/internal/rules"
 	"github.com/sidemesh/sidemesh/services/rls/internal/service"
 )
 
@@ -39,6 +42,7 @@ func main() {
 func flags(fs *pflag.FlagSet) {
 	fs.String("grpc-addr", "127.0.0.1:8081", "gRPC address (RateLimitService + grpc.health.v1)")
 	fs.String("rules", "", "rule file or directory of *.yaml rule files (envoyproxy/ratelimit format); hot-reloaded")
+	fs.Bool("merge-domain-config", false, "combine the rule files that declare the same domain into one domain instead of refusing them (envoyproxy/ratelimit MERGE_DOMAIN_CONFIG, whose env name is honoured when this is not set)")
 	fs.String("backend", "redis", "counter backend: redis (global across replicas) or memory (one replica)")
 	fs.String("failure-mode", "allow", "answer when the backend is unavailable: allow (OK) or deny (OVER_LIMIT)")
 	fs.Bool("response-headers", false, "add RateLimit-Limit/-Remaining/-Reset (and Retry-After when over limit) to responses")
@@ -98,6 +102,10 @@ func run(ctx context.Context, env *app.Env) error {
 	}
 	if limits.MaxDescriptors < 1 || limits.MaxEntries < 1 || limits.MaxKeyLen < 1 || limits.MaxValueLen < 1 {
 		return app.Usagef("--max-descriptors, --max-entries, --max-key-length and --max-value-length must be at least 1")
+	}
+	merge, err := mergeDomainConfig(env)
+	if err != nil {
+		return err
 	}
 	ratio, _ := f.GetFloat64("near-limit-ratio")
 	if ratio <= 0 || ratio > 1 {
@@ -173,6 +181,7 @@ func run(ctx context.Context, env *app.Env) error {
 	if err != nil {
 		return err
 	}
+	watcher.Options = rules.Options{MergeDomains: merge}
 	if err := watcher.Load(); err != nil {
 		return app.Usagef("%v", err)
 	}
@@ -210,4 +219,28 @@ func run(ctx context.Context, env *app.Env) error {
 		}},
 		lifecycle.Func("rules-watcher", watcher.Run),
 	)
+}
+
+// anchorMergeEnv is envoyproxy/ratelimit's own name for --merge-domain-config.
+const anchorMergeEnv = "MERGE_DOMAIN_CONFIG"
+
+// mergeDomainConfig is --merge-domain-config as set by the flag,
+// RLS_MERGE_DOMAIN_CONFIG or the config file; when none of them sets it,
+// the anchor's MERGE_DOMAIN_CONFIG decides, so an envoyproxy/ratelimit
+// deployment's environment keeps its meaning.
+func mergeDomainConfig(env *app.Env) (bool, error) {
+	v, _ := env.Flags.GetBool("merge-domain-config")
+	if env.Flags.Changed("merge-domain-config") || env.Config.IsSet("merge-domain-config") || env.Config.IsSet("merge_domain_config") {
+		return v, nil
+	}
+	s, ok := os.LookupEnv(anchorMergeEnv)
+	if !ok || s == "" {
+		return v, nil
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return false, app.Usagef("environment %s: invalid value %q (true or false)", anchorMergeEnv, s)
+	}
+	env.Log.Info("rule files of one domain: taken from the anchor's environment variable", "env", anchorMergeEnv, "merge_domain_config", b)
+	return b, nil
 }

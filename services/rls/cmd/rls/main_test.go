@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -79,8 +80,17 @@ func httpGet(url string) (int, string) {
 
 func startRLS(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
+	return startRLSEnv(t, bin, nil, args...)
+}
+
+// startRLSEnv starts rls with extra environment variables (KEY=value).
+func startRLSEnv(t *testing.T, bin string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{grpc: freeAddr(t), admin: freeAddr(t), stderr: &syncbuf.Buffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(bin, append([]string{"--grpc-addr", p.grpc, "--admin-addr", p.admin, "--log-level", "debug"}, args...)...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stderr = p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -310,4 +320,108 @@ func TestBadConfigExitsWithUsage(t *testing.T) {
 			t.Errorf("%v: exit %v, output %q; want exit 2 and %q", tc.args, err, out, tc.want)
 		}
 	}
+}
+
+// mergeFile is a rule file of domain "shared" with one top-level descriptor.
+func mergeFile(key string, perHour int) string {
+	return fmt.Sprintf("domain: shared\ndescriptors:\n  - key: %s\n    rate_limit: {unit: hour, requests_per_unit: %d}\n", key, perHour)
+}
+
+// TestMergeDomainConfig starts rls on a directory where two files declare
+// one domain: refused by default, merged with --merge-domain-config (or the
+// anchor's MERGE_DOMAIN_CONFIG=true when rls's own setting is absent), and
+// then ShouldRateLimit over gRPC answers descriptors of both files; hot
+// reload merges a third file and refuses a colliding one.
+func TestMergeDomainConfig(t *testing.T) {
+	bin := testbin.Build(t, "./services/rls/cmd/rls")
+	dir := t.TempDir()
+	writeRules(t, dir, "a.yaml", mergeFile("from_a", 2))
+	writeRules(t, dir, "b.yaml", mergeFile("from_b", 3))
+	cfg := filepath.Join(t.TempDir(), "rls.yaml")
+	if err := os.WriteFile(cfg, []byte("merge-domain-config: false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// Refused: each exits 2 naming the duplicate domain.
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{nil, nil, `duplicate domain "shared"`},
+		{[]string{"--merge-domain-config=false"}, []string{"MERGE_DOMAIN_CONFIG=true"}, `duplicate domain "shared"`},
+		{nil, []string{"RLS_MERGE_DOMAIN_CONFIG=false", "MERGE_DOMAIN_CONFIG=true"}, `duplicate domain "shared"`},
+		{[]string{"--config", cfg}, []string{"MERGE_DOMAIN_CONFIG=true"}, `duplicate domain "shared"`},
+		{nil, []string{"MERGE_DOMAIN_CONFIG=maybe"}, `MERGE_DOMAIN_CONFIG: invalid value "maybe"`},
+	} {
+		cmd := exec.Command(bin, append([]string{"--rules", dir, "--backend", "memory", "--admin-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, tc.args...)...)
+		cmd.Env = append(os.Environ(), tc.env...)
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+			t.Errorf("%v %v: exit %v, output %q; want exit 2 and %q", tc.args, tc.env, err, out, tc.want)
+		}
+	}
+
+	// check spends a fresh value's limit and one more call; a run that
+	// crosses an hour boundary (two windows) is repeated.
+	check := func(t *testing.T, p *proc, key string, limit int) {
+		t.Helper()
+		for attempt := 0; ; attempt++ {
+			hour := limiter.WindowStart(time.Now(), time.Hour)
+			value := fmt.Sprintf("v%d", time.Now().UnixNano())
+			var got []rlsv3.RateLimitResponse_Code
+			for i := 1; i <= limit+1; i++ {
+				r := call(t, p, request("shared", key, value))
+				if r.GetStatuses()[0].GetCurrentLimit().GetRequestsPerUnit() != uint32(limit) {
+					t.Fatalf("%s: %v; want limit %d", key, r, limit)
+				}
+				got = append(got, r.GetOverallCode())
+			}
+			if limiter.WindowStart(time.Now(), time.Hour) != hour && attempt < 3 {
+				continue
+			}
+			for i, c := range got {
+				want := rlsv3.RateLimitResponse_OK
+				if i >= limit {
+					want = rlsv3.RateLimitResponse_OVER_LIMIT
+				}
+				if c != want {
+					t.Fatalf("%s: codes %v; want %d OK then OVER_LIMIT", key, got, limit)
+				}
+			}
+			return
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+	}{
+		{"flag", []string{"--merge-domain-config"}, nil},
+		{"RLS env", nil, []string{"RLS_MERGE_DOMAIN_CONFIG=true"}},
+		{"anchor env", nil, []string{"MERGE_DOMAIN_CONFIG=true"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startRLSEnv(t, bin, tc.env, append([]string{"--rules", dir, "--backend", "memory"}, tc.args...)...)
+			check(t, p, "from_a", 2)
+			check(t, p, "from_b", 3)
+			if r := call(t, p, request("shared", "elsewhere", "x")); r.GetOverallCode() != rlsv3.RateLimitResponse_OK || r.GetStatuses()[0].GetCurrentLimit() != nil {
+				t.Fatalf("unknown key: %v", r)
+			}
+		})
+	}
+
+	// Hot reload keeps merging; a collision keeps the last good rules.
+	p := startRLS(t, bin, "--rules", dir, "--backend", "memory", "--merge-domain-config")
+	writeRules(t, dir, "c.yaml", mergeFile("from_c", 4))
+	waitFor(t, "c.yaml merged", func() bool {
+		return call(t, p, request("shared", "from_c", "probe")).GetStatuses()[0].GetCurrentLimit().GetRequestsPerUnit() == 4
+	})
+	writeRules(t, dir, "c.yaml", mergeFile("from_a", 9))
+	waitFor(t, "colliding reload refused", func() bool {
+		s := p.stderr.String()
+		return strings.Contains(s, "duplicate descriptor composite key") && strings.Contains(s, "keeping the last good rules")
+	})
+	check(t, p, "from_a", 2)
+	check(t, p, "from_c", 4)
 }

@@ -23,6 +23,9 @@ type Watcher struct {
 	Log   *slog.Logger
 	// Debounce groups bursts of events (editors, ConfigMap swaps) into one reload.
 	Debounce time.Duration
+	// Options apply to every load, the first and each reload (e.g.
+	// MergeDomains for --merge-domain-config).
+	Options rules.Options
 
 	reloads *prometheus.CounterVec
 	lastOK  prometheus.Gauge
@@ -55,7 +58,7 @@ func New(path string, apply func(*rules.Config), log *slog.Logger, reg prometheu
 
 // Load loads and applies the rules once (at start: an error is fatal there).
 func (w *Watcher) Load() error {
-	c, err := rules.Load(w.Path)
+	c, err := rules.LoadOptions(w.Path, w.Options)
 	if err != nil {
 		w.reloads.WithLabelValues("failure").Inc()
 		return err
@@ -63,7 +66,7 @@ func (w *Watcher) Load() error {
 	w.Apply(c)
 	w.reloads.WithLabelValues("success").Inc()
 	w.lastOK.SetToCurrentTime()
-	w.Log.Info("rules loaded", "path", w.Path, "files", len(c.Files), "domains", len(c.Domains()))
+	w.Log.Info("rules loaded", "path", w.Path, "files", len(c.Files), "domains", len(c.Domains()), "merge_domains", w.Options.MergeDomains)
 	return nil
 }
 

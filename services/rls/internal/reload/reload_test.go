@@ -2,13 +2,16 @@ package reload
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -37,12 +40,17 @@ func counter(w *Watcher, result string) float64 {
 }
 
 func start(t *testing.T, path string) (*Watcher, *atomic.Pointer[rules.Config]) {
+	return startOptions(t, path, rules.Options{})
+}
+
+func startOptions(t *testing.T, path string, o rules.Options) (*Watcher, *atomic.Pointer[rules.Config]) {
 	var cur atomic.Pointer[rules.Config]
 	w, err := New(path, func(c *rules.Config) { cur.Store(c) }, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.Debounce = 20 * time.Millisecond
+	w.Options = o
 	if err := w.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -100,4 +108,48 @@ func TestReloadConfigMapSymlinkSwap(t *testing.T) {
 	}
 	os.RemoveAll(filepath.Join(dir, "..2026_01"))
 	waitFor(t, "ConfigMap swap reload", func() bool { return cur.Load().HasDomain("new") })
+}
+
+func limitOf(c *rules.Config, domain, key string) uint32 {
+	l := c.Match(domain, []*rlcommon.RateLimitDescriptor_Entry{{Key: key, Value: "v"}})
+	if l == nil {
+		return 0
+	}
+	return l.RequestsPerUnit
+}
+
+// TestReloadMergedDomain: with Options.MergeDomains the first load and every
+// reload merge the files of one domain; a merged set with the same top-level
+// descriptor in two files is refused and the last good rules stay.
+func TestReloadMergedDomain(t *testing.T) {
+	dir := t.TempDir()
+	lim := func(key string, n int) []byte {
+		return []byte(fmt.Sprintf("domain: shared\ndescriptors:\n  - key: %s\n    rate_limit: {unit: second, requests_per_unit: %d}\n", key, n))
+	}
+	os.WriteFile(filepath.Join(dir, "a.yaml"), lim("a", 1), 0o644)
+	os.WriteFile(filepath.Join(dir, "b.yaml"), lim("b", 2), 0o644)
+
+	off, err := New(dir, func(*rules.Config) {}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := off.Load(); err == nil || !strings.Contains(err.Error(), `duplicate domain "shared"`) {
+		t.Fatalf("without merging: %v", err)
+	}
+
+	w, cur := startOptions(t, dir, rules.Options{MergeDomains: true})
+	if a, b := limitOf(cur.Load(), "shared", "a"), limitOf(cur.Load(), "shared", "b"); a != 1 || b != 2 {
+		t.Fatalf("initial merged load: a=%d b=%d", a, b)
+	}
+	// c.yaml repeats b.yaml's top-level descriptor: refused.
+	os.WriteFile(filepath.Join(dir, "c.yaml"), lim("b", 3), 0o644)
+	waitFor(t, "failed merged reload counted", func() bool { return counter(w, "failure") >= 1 })
+	if a, b := limitOf(cur.Load(), "shared", "a"), limitOf(cur.Load(), "shared", "b"); a != 1 || b != 2 {
+		t.Fatalf("bad merged set replaced the last good rules: a=%d b=%d", a, b)
+	}
+	os.WriteFile(filepath.Join(dir, "c.yaml"), lim("c", 3), 0o644)
+	waitFor(t, "merged reload with c.yaml", func() bool { return limitOf(cur.Load(), "shared", "c") == 3 })
+	if a, b := limitOf(cur.Load(), "shared", "a"), limitOf(cur.Load(), "shared", "b"); a != 1 || b != 2 {
+		t.Fatalf("after reload: a=%d b=%d", a, b)
+	}
 }
