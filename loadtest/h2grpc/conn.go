@@ -37,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -498,6 +499,11 @@ func (c *Conn) handleLocked(f http2.Frame) error {
 	case *http2.SettingsFrame:
 		if f.IsAck() {
 			return nil
+		}
+		if !c.settingsSeen {
+			// RFC 9113 6.5.2: no limit unless the server sets one (Dial
+			// waits for this frame, so no call ran under the interim 100).
+			c.maxStreams = math.MaxUint32
 		}
 		if err := c.settingsLocked(f); err != nil {
 			return err

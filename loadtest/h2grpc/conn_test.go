@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -559,5 +560,63 @@ func TestDialFailures(t *testing.T) {
 	defer ln.Close()
 	if _, err := Dial(ctxT(t), ln.Addr().String()); status.Code(err) != codes.Unavailable {
 		t.Fatalf("HTTP/1 server: %v", err)
+	}
+}
+
+// TestStreamIDsExhausted: the last stream id is used, then the connection
+// refuses calls with Unavailable so the caller redials.
+func TestStreamIDsExhausted(t *testing.T) {
+	_, addr := startGRPC(t, newTestRLS())
+	c, ctx := dial(t, addr), ctxT(t)
+	c.mu.Lock()
+	c.nextID = maxStreamID - 2
+	c.mu.Unlock()
+	for i := range 2 {
+		if _, err := rpc(ctx, c, req("ok", "a")); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if _, err := rpc(ctx, c, req("ok", "a")); status.Code(err) != codes.Unavailable || c.Usable() {
+		t.Fatalf("after the last id: %v", err)
+	}
+}
+
+// TestServerResetsStream: a stream the server refuses (RST_STREAM
+// REFUSED_STREAM, here beyond its MAX_CONCURRENT_STREAMS, which we pretend
+// not to know) fails that call with Unavailable; the connection goes on.
+func TestServerResetsStream(t *testing.T) {
+	svc := newTestRLS()
+	_, addr := startGRPC(t, svc, grpc.MaxConcurrentStreams(1))
+	c, ctx := dial(t, addr), ctxT(t)
+	if c.maxStreams != 1 {
+		t.Fatalf("max streams %d, want the server's 1", c.maxStreams)
+	}
+	bctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { _, err := rpc(bctx, c, req("block")); errc <- err }()
+	<-svc.entered
+	c.mu.Lock()
+	c.maxStreams = 100
+	c.mu.Unlock()
+	_, err := rpc(ctx, c, req("ok", "a"))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "REFUSED_STREAM") {
+		t.Fatalf("refused stream: %v", err)
+	}
+	cancel()
+	if err := <-errc; status.Code(err) != codes.Canceled {
+		t.Fatalf("blocked call: %v", err)
+	}
+	waitEnded(t, svc)
+	if _, err := rpc(ctx, c, req("ok", "a")); err != nil {
+		t.Fatalf("after the reset: %v", err)
+	}
+}
+
+// TestUnlimitedStreams: without MAX_CONCURRENT_STREAMS from the server there
+// is no limit (RFC 9113), not grpc-go's interim 100.
+func TestUnlimitedStreams(t *testing.T) {
+	_, addr := startGRPC(t, newTestRLS())
+	if c := dial(t, addr); c.maxStreams != math.MaxUint32 {
+		t.Fatalf("max streams %d", c.maxStreams)
 	}
 }
