@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -499,25 +500,35 @@ func TestCompressedResponse(t *testing.T) {
 }
 
 func TestHeaderBlockDecodes(t *testing.T) {
-	b := headerPrefix("/a.B/C", "host:1")
-	b = appendTimeoutField(b, 1500*time.Millisecond)
-	fs, err := hpack.NewDecoder(4096, nil).DecodeFull(b)
-	if err != nil {
-		t.Fatal(err)
+	var c Conn
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.opt.authority = "host:1"
+	dec := hpack.NewDecoder(4096, nil)
+	long := "/" + strings.Repeat("p", 300) // multi-byte lengths
+	var sizes []int
+	for i, path := range []string{"/a.B/C", "/a.B/C", long, "/a.B/C"} {
+		b := c.headerBlockLocked(path, i != 1, time.Duration(i+1)*1500*time.Millisecond)
+		sizes = append(sizes, len(b))
+		fs, err := dec.DecodeFull(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range fs {
+			got = append(got, f.Name+"="+f.Value)
+		}
+		want := ":method=POST :scheme=http :path=" + path + " :authority=host:1 content-type=application/grpc te=trailers"
+		if i != 1 {
+			want += fmt.Sprintf(" grpc-timeout=%du", (i+1)*1500000)
+		}
+		if strings.Join(got, " ") != want {
+			t.Fatalf("block %d decoded %q", i, got)
+		}
 	}
-	var got []string
-	for _, f := range fs {
-		got = append(got, f.Name+"="+f.Value)
-	}
-	want := ":method=POST :scheme=http :path=/a.B/C :authority=host:1 content-type=application/grpc te=trailers grpc-timeout=1500000u"
-	if strings.Join(got, " ") != want {
-		t.Fatalf("decoded %q", got)
-	}
-	// Long values need multi-byte integers.
-	long := strings.Repeat("p", 300)
-	fs, err = hpack.NewDecoder(4096, nil).DecodeFull(headerPrefix("/"+long, "h"))
-	if err != nil || fs[2].Value != "/"+long {
-		t.Fatalf("long path: %v %v", fs, err)
+	// From the second call on the constant fields are table references.
+	// (the last: six one-byte references, then 0x00, len, "grpc-timeout", len, "6000000u").
+	if sizes[1] != 6 || sizes[3] != 6+1+1+12+1+8 {
+		t.Fatalf("block sizes %v", sizes)
 	}
 }
 
@@ -618,5 +629,30 @@ func TestUnlimitedStreams(t *testing.T) {
 	_, addr := startGRPC(t, newTestRLS())
 	if c := dial(t, addr); c.maxStreams != math.MaxUint32 {
 		t.Fatalf("max streams %d", c.maxStreams)
+	}
+}
+
+// TestIdlePingsAnswered: PING ACKs wait for a request to carry them, but not
+// for ever: an idle connection answers the server's keepalive pings, so the
+// server does not close it (grpc-go waits Timeout for the ACK).
+func TestIdlePingsAnswered(t *testing.T) {
+	_, addr := startGRPC(t, newTestRLS(), grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Second, Timeout: time.Second}))
+	c, ctx := dial(t, addr), ctxT(t)
+	// A second keepalive ping means the first was acknowledged in time.
+	for {
+		c.mu.Lock()
+		n, err := c.pings, c.err
+		c.mu.Unlock()
+		if n >= 2 || err != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no keepalive pings")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := rpc(ctx, c, req("ok", "a")); err != nil {
+		t.Fatalf("idle connection: %v", err)
 	}
 }

@@ -5,10 +5,9 @@ import (
 	"time"
 )
 
-// The request header block is encoded by hand with HPACK literals "without
-// indexing" (RFC 7541 6.2.2) and static-table references: such a block does
-// not touch the HPACK dynamic table, so it is the same bytes on every call
-// and the server's decoder state never depends on what we sent before.
+// grpc-timeout changes with every call: it is written by hand as an HPACK
+// literal without indexing (RFC 7541 6.2.2), which leaves the dynamic table
+// (and the constant fields indexed there) alone.
 
 // appendInt appends an HPACK integer with an n-bit prefix (RFC 7541 5.1);
 // first holds the pattern bits above the prefix.
@@ -27,35 +26,6 @@ func appendInt(b []byte, first byte, n uint, v uint64) []byte {
 // appendString appends a raw (not Huffman-coded) string literal.
 func appendString(b []byte, s string) []byte {
 	return append(appendInt(b, 0, 7, uint64(len(s))), s...)
-}
-
-// appendIndexedName appends a literal without indexing whose name is static
-// table entry idx.
-func appendIndexedName(b []byte, idx uint64, value string) []byte {
-	return appendString(appendInt(b, 0x00, 4, idx), value)
-}
-
-// appendNewName appends a literal without indexing with a literal name.
-func appendNewName(b []byte, name, value string) []byte {
-	return appendString(appendString(append(b, 0x00), name), value)
-}
-
-// Static table indexes (RFC 7541 Appendix A).
-const (
-	idxAuthority   = 1
-	idxMethodPOST  = 3
-	idxPath        = 4
-	idxSchemeHTTP  = 6
-	idxContentType = 31
-)
-
-// headerPrefix is the constant part of a request's header block.
-func headerPrefix(path, authority string) []byte {
-	b := []byte{0x80 | idxMethodPOST, 0x80 | idxSchemeHTTP} // indexed fields
-	b = appendIndexedName(b, idxPath, path)
-	b = appendIndexedName(b, idxAuthority, authority)
-	b = appendIndexedName(b, idxContentType, "application/grpc")
-	return appendNewName(b, "te", "trailers")
 }
 
 // appendTimeoutField appends grpc-timeout: at most 8 digits and a unit,
