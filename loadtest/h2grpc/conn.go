@@ -121,16 +121,15 @@ type Conn struct {
 
 // call is one unary call in flight; pooled.
 type call struct {
-	id       uint32
-	done     chan struct{} // 1-buffered: the reader (or failure) completes the call once
-	out      []byte        // gRPC-framed request; out[sent:] not yet sent
-	sent     int
-	sendWin  int64
-	unacked  uint32 // stream DATA received but not yet returned with WINDOW_UPDATE
-	gotHdr   bool
-	halfDone bool // we sent END_STREAM
-	body     []byte
-	err      error
+	id      uint32
+	done    chan struct{} // 1-buffered: the reader (or failure) completes the call once
+	out     []byte        // gRPC-framed request; out[sent:] not yet sent
+	sent    int
+	sendWin int64
+	unacked uint32 // stream DATA received but not yet returned with WINDOW_UPDATE
+	gotHdr  bool
+	body    []byte
+	err     error
 }
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
@@ -211,6 +210,11 @@ func (w queueWriter) Write(p []byte) (int, error) {
 
 // flushLocked writes the queue unless another goroutine is already doing it
 // (that one will also write what we queued). It drops mu while writing.
+// The writer waits until the kernel has taken the bytes, whatever its
+// context says: against a server that stops reading, the connection (and
+// that caller) stalls until the server reads again or the socket fails.
+// For a load generator on loopback that is the right trade for not having
+// a writer goroutine.
 func (c *Conn) flushLocked() {
 	if c.writing {
 		return
@@ -304,7 +308,7 @@ func (c *Conn) AppendInvoke(ctx context.Context, path string, req, dst []byte) (
 		// The last id of this connection: later calls must redial.
 		c.goaway = status.Error(codes.Unavailable, "h2grpc: stream ids exhausted; redial")
 	}
-	cl.sent, cl.unacked, cl.gotHdr, cl.halfDone, cl.body, cl.err = 0, 0, false, false, cl.body[:0], nil
+	cl.sent, cl.unacked, cl.gotHdr, cl.body, cl.err = 0, 0, false, cl.body[:0], nil
 	cl.sendWin = int64(c.peerInitWin)
 	c.calls[cl.id] = cl
 	c.writeHeadersLocked(cl.id, path, hasDL, timeout)
@@ -414,7 +418,6 @@ func (c *Conn) sendDataLocked(cl *call) bool {
 		cl.sent += int(n)
 		cl.sendWin -= n
 		c.connSendWin -= n
-		cl.halfDone = end
 	}
 	return true
 }
