@@ -3,10 +3,11 @@
 // unambiguous counter keys, and the embedded memory backend. The Redis backend
 // implements the same semantics in Lua.
 //
-// The request-level rule every backend follows: all items are checked
-// atomically; if any enforced (non-shadow) item does not fit, the request is
-// rejected and no item is charged; otherwise every item that fits is charged
-// (a shadow item that does not fit is reported over limit and not charged).
+// The request-level rule every backend follows (see Rejected): all items are
+// checked atomically; if any Enforced item does not fit, or the request has
+// QuotaMember items and none of them fits, the request is rejected and no
+// item is charged; otherwise every item that fits is charged (an item that
+// does not fit is reported over limit and not charged).
 package limiter
 
 import (
@@ -30,9 +31,45 @@ type Item struct {
 	// Burst is the token-bucket capacity (0: Limit).
 	Burst uint32
 	Hits  uint32
-	// Enforce is false for shadow-mode limits: they are counted but never
-	// reject the request.
-	Enforce bool
+	// Enforce says how the item's outcome decides the request.
+	Enforce Enforcement
+}
+
+// Enforcement is an item's part in the request's decision. The values are
+// the script's wire values (script.lua).
+type Enforcement uint8
+
+const (
+	// CountOnly items are counted and reported but never reject the
+	// request: shadow-mode limits, and quota descriptors whose group cannot
+	// deny (another quota descriptor of the request always passes).
+	CountOnly Enforcement = iota
+	// Enforced items reject the request when they do not fit.
+	Enforced
+	// QuotaMember items form the request's quota group: the request is
+	// rejected when it has at least one and none of them fits.
+	QuotaMember
+)
+
+// Rejected is the request-level rule, from results[i].Over for items[i]:
+// an Enforced item over, or QuotaMember items that are all over. Every
+// backend decides exactly like this (the Lua script mirrors it).
+func Rejected(items []Item, results []Result) bool {
+	quota, quotaFits := false, false
+	for i := range items {
+		switch items[i].Enforce {
+		case Enforced:
+			if results[i].Over {
+				return true
+			}
+		case QuotaMember:
+			quota = true
+			if !results[i].Over {
+				quotaFits = true
+			}
+		}
+	}
+	return quota && !quotaFits
 }
 
 // Result is one item's outcome.

@@ -50,7 +50,7 @@ func TestWindowStartMatchesAnchor(t *testing.T) {
 func TestMemoryExpires(t *testing.T) {
 	m := limiter.NewMemory()
 	base := limitertest.Base()
-	it := []limiter.Item{{Key: "k", Algorithm: rules.FixedWindow, Unit: time.Second, Limit: 1, Hits: 1, Enforce: true}}
+	it := []limiter.Item{{Key: "k", Algorithm: rules.FixedWindow, Unit: time.Second, Limit: 1, Hits: 1, Enforce: limiter.Enforced}}
 	res := make([]limiter.Result, 1)
 	m.Check(context.Background(), base, it, res)
 	if m.Len() != 1 {
@@ -90,7 +90,7 @@ func TestRetryAfterIsExact(t *testing.T) {
 		for _, start := range []time.Duration{0, 7 * time.Second, 42*time.Second + 300*time.Millisecond} {
 			m := limiter.NewMemory()
 			key := limiter.Key("r:", alg, time.Minute, "d", "k", "v")
-			fill := []limiter.Item{{Key: key, Algorithm: alg, Unit: time.Minute, Limit: 10, Burst: 4, Hits: 1, Enforce: true}}
+			fill := []limiter.Item{{Key: key, Algorithm: alg, Unit: time.Minute, Limit: 10, Burst: 4, Hits: 1, Enforce: limiter.Enforced}}
 			res := make([]limiter.Result, 1)
 			now := base.Add(start)
 			// Charge until remaining hits 0, spread a little over time.

@@ -46,21 +46,20 @@ func (m *Memory) Check(_ context.Context, now time.Time, items []Item, results [
 	// before it (like the Redis script); a rejected request is undone.
 	var undoBuf [8]undo
 	undos := undoBuf[:0]
-	rejected := false
 	for i := range items {
 		it := &items[i]
 		s := m.read(it, now, nowUS)
 		f := Fits(it, s, nowUS)
-		if !f && it.Enforce {
-			rejected = true
-		}
 		if f && it.Hits > 0 {
 			undos = append(undos, m.charge(it, s, now, nowUS))
 		}
 		results[i] = Outcome(it, s, !f, f, nowUS)
 	}
-	if rejected {
-		for _, u := range undos {
+	if Rejected(items, results) {
+		// Last charge first: a key repeated in the request gets back the
+		// value it had before the first copy.
+		for i := len(undos) - 1; i >= 0; i-- {
+			u := undos[i]
 			if u.existed {
 				m.vals[u.key] = u.prev
 			} else {

@@ -77,7 +77,7 @@ func BenchmarkCheckRedisCPU(b *testing.B) {
 							k = run + strconv.FormatInt(i, 10)
 						}
 						items[0] = limiter.Item{Key: limiter.Key("bench:", rules.FixedWindow, time.Minute, "d", "user", k),
-							Algorithm: rules.FixedWindow, Unit: time.Minute, Limit: 1 << 30, Hits: 1, Enforce: true}
+							Algorithm: rules.FixedWindow, Unit: time.Minute, Limit: 1 << 30, Hits: 1, Enforce: limiter.Enforced}
 						if err := r.Check(context.Background(), time.Now(), items, res); err != nil {
 							b.Error(err)
 							return

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sidemesh/sidemesh/internal/redistest"
 	"github.com/sidemesh/sidemesh/services/rls/internal/limiter"
 	"github.com/sidemesh/sidemesh/services/rls/internal/limiter/limitertest"
@@ -89,7 +91,7 @@ func TestRedisCluster(t *testing.T) {
 		t.Skip("starts a 3-node Redis Cluster")
 	}
 	addrs := startCluster(t)
-	newB := func(t *testing.T) limiter.Backend {
+	newRedis := func(t *testing.T) (*Redis, redis.UniversalClient) {
 		client, cluster, err := NewClient(ClientConfig{Type: "cluster", Addrs: addrs, PoolSize: 4, Timeout: 2 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -102,9 +104,24 @@ func TestRedisCluster(t *testing.T) {
 		if err := r.Ping(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		return r
+		return r, client
 	}
+	newB := func(t *testing.T) limiter.Backend { r, _ := newRedis(t); return r }
 	limitertest.Run(t, newB)
+
+	// Quota groups over real nodes: members in several slots (the refund
+	// undoes the charged parts) and in one slot; counters read back.
+	for _, oneSlot := range []bool{false, true} {
+		r, client := newRedis(t)
+		get := func(k string) string {
+			v, err := client.Get(context.Background(), k).Result()
+			if err != nil && err != redis.Nil {
+				t.Fatalf("GET %s: %v", k, err)
+			}
+			return v
+		}
+		quotaGroupReadBack(t, r, get, fmt.Sprintf("clq%v:", oneSlot), oneSlot)
+	}
 
 	// Exactness under concurrency with keys spread over every node.
 	b := newB(t)
@@ -124,8 +141,8 @@ func TestRedisCluster(t *testing.T) {
 			for i := 0; i < per; i++ {
 				k1, k2 := (c+i)%keys, (c+i+5)%keys
 				items := []limiter.Item{
-					{Key: limiter.Key("cl:", rules.FixedWindow, time.Hour, "d", "k", fmt.Sprint(k1)), Unit: time.Hour, Limit: limit, Hits: 1, Enforce: true},
-					{Key: limiter.Key("cl:", rules.FixedWindow, time.Hour, "d", "other", fmt.Sprint(k2)), Unit: time.Hour, Limit: 1 << 30, Hits: 1, Enforce: true},
+					{Key: limiter.Key("cl:", rules.FixedWindow, time.Hour, "d", "k", fmt.Sprint(k1)), Unit: time.Hour, Limit: limit, Hits: 1, Enforce: limiter.Enforced},
+					{Key: limiter.Key("cl:", rules.FixedWindow, time.Hour, "d", "other", fmt.Sprint(k2)), Unit: time.Hour, Limit: 1 << 30, Hits: 1, Enforce: limiter.Enforced},
 				}
 				if err := b.Check(context.Background(), time.Now(), items, res); err != nil {
 					errs.Add(1)
@@ -156,7 +173,7 @@ func TestRedisCluster(t *testing.T) {
 	var other int64
 	for k := 0; k < keys; k++ {
 		res := make([]limiter.Result, 1)
-		it := []limiter.Item{{Key: limiter.Key("cl:", rules.FixedWindow, time.Hour, "d", "other", fmt.Sprint(k)), Unit: time.Hour, Limit: 1 << 30, Hits: 0, Enforce: true}}
+		it := []limiter.Item{{Key: limiter.Key("cl:", rules.FixedWindow, time.Hour, "d", "other", fmt.Sprint(k)), Unit: time.Hour, Limit: 1 << 30, Hits: 0, Enforce: limiter.Enforced}}
 		if err := b.Check(context.Background(), time.Now(), it, res); err != nil {
 			t.Fatal(err)
 		}

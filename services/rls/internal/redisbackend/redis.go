@@ -279,17 +279,13 @@ func (r *Redis) collect(ctx context.Context, j *job, now time.Time, items []limi
 }
 
 // refundSplit keeps "a rejected request charges nothing" across hash slots
-// (Cluster mode): when one slot part rejected, the parts that charged are
-// refunded (one more round trip, only in that case). Until the refund lands
-// another request may see the extra hits; the limit is never exceeded.
+// (Cluster mode): when the request as a whole is rejected — one slot part
+// rejected, or its quota group members, spread over several slots, are all
+// over — the parts that charged are refunded (one more round trip per slot,
+// only in that case). Until the refund lands another request may see the
+// extra hits (a transient over-count: it can deny, never over-admit).
 func (r *Redis) refundSplit(ctx context.Context, now time.Time, nowUS int64, calls []call, items []limiter.Item, results []limiter.Result) {
-	rejected := false
-	for i := range items {
-		if results[i].Over && items[i].Enforce {
-			rejected = true
-		}
-	}
-	if !rejected {
+	if !limiter.Rejected(items, results) {
 		return
 	}
 	bySlot := map[int]*call{}
@@ -379,9 +375,26 @@ func (p *replyParser) int(sep byte) int64 {
 }
 
 // buildCalls turns items into script calls: one per request, or in Cluster
-// mode one per hash slot (each atomic on its own; see README).
+// mode one per hash slot (each atomic on its own; see README). A quota
+// group spread over several slots cannot be decided by any one part: its
+// members are sent as count-only, and refundSplit applies the group rule.
 func (r *Redis) buildCalls(calls []call, now time.Time, nowUS int64, items []limiter.Item) []call {
 	calls = calls[:0]
+	splitQuota := false
+	if r.opts.Cluster {
+		qs := -1
+		for i := range items {
+			if items[i].Enforce != limiter.QuotaMember {
+				continue
+			}
+			if s := Slot(items[i].Key); qs < 0 {
+				qs = s
+			} else if s != qs {
+				splitQuota = true
+				break
+			}
+		}
+	}
 	for i := range items {
 		s := 0
 		if r.opts.Cluster {
@@ -405,7 +418,7 @@ func (r *Redis) buildCalls(calls []call, now time.Time, nowUS int64, items []lim
 			c.slot, c.keys, c.idx, c.reply, c.err = s, c.keys[:0], c.idx[:0], "", nil
 			c.args = append(c.args[:0], nowUS, 0)
 		}
-		calls[ci].add(&items[i], i, now, nowUS)
+		calls[ci].add(&items[i], i, now, nowUS, splitQuota)
 	}
 	for k := range calls {
 		calls[k].args[1] = len(calls[k].idx)
@@ -415,7 +428,7 @@ func (r *Redis) buildCalls(calls []call, now time.Time, nowUS int64, items []lim
 
 var algArg = [...]int{rules.FixedWindow: 1, rules.SlidingWindow: 2, rules.TokenBucket: 3}
 
-func (c *call) add(it *limiter.Item, i int, now time.Time, nowUS int64) {
+func (c *call) add(it *limiter.Item, i int, now time.Time, nowUS int64, splitQuota bool) {
 	c.idx = append(c.idx, i)
 	unitS := int64(it.Unit / time.Second)
 	var p1, p2 int64
@@ -431,9 +444,9 @@ func (c *call) add(it *limiter.Item, i int, now time.Time, nowUS int64) {
 		c.keys = append(c.keys, limiter.WindowKey(it.Key, limiter.WindowStart(now, it.Unit)))
 		p1 = unitS
 	}
-	enforce := 0
-	if it.Enforce {
-		enforce = 1
+	enforce := int(it.Enforce) // script.lua: 0 count only, 1 enforced, 2 quota group
+	if splitQuota && it.Enforce == limiter.QuotaMember {
+		enforce = int(limiter.CountOnly)
 	}
 	c.args = append(c.args, algArg[it.Algorithm], it.Limit, it.Hits, enforce, p1, p2)
 }

@@ -46,12 +46,14 @@ func TestSuiteOnRedis(t *testing.T) {
 
 func TestSuiteOnRedisClusterSplit(t *testing.T) {
 	// Cluster splitting on a single node: every slot group is its own call,
-	// which must give the same answers when no group rejects.
+	// which must give the same answers (the suite's keys fall in random
+	// slots; the refund keeps rejected requests uncharged).
 	srv := redistest.Start(t)
+	limitertest.Run(t, func(t *testing.T) limiter.Backend { return newBackend(t, srv, func(o *Options) { o.Cluster = true }) })
 	b := newBackend(t, srv, func(o *Options) { o.Cluster = true })
 	it := []limiter.Item{
-		{Key: limiter.Key("c:", rules.FixedWindow, time.Hour, "d", "a", "1"), Unit: time.Hour, Limit: 2, Hits: 1, Enforce: true},
-		{Key: limiter.Key("c:", rules.FixedWindow, time.Hour, "d", "b", "2"), Unit: time.Hour, Limit: 5, Hits: 1, Enforce: true},
+		{Key: limiter.Key("c:", rules.FixedWindow, time.Hour, "d", "a", "1"), Unit: time.Hour, Limit: 2, Hits: 1, Enforce: limiter.Enforced},
+		{Key: limiter.Key("c:", rules.FixedWindow, time.Hour, "d", "b", "2"), Unit: time.Hour, Limit: 5, Hits: 1, Enforce: limiter.Enforced},
 	}
 	if Slot(it[0].Key) == Slot(it[1].Key) {
 		t.Fatal("test keys share a slot; pick others")
@@ -80,7 +82,7 @@ func TestOverLimitDoesNotInflateAndTTLSetOnce(t *testing.T) {
 	srv := redistest.Start(t)
 	b := newBackend(t, srv, nil)
 	now := time.Now()
-	it := []limiter.Item{{Key: limiter.Key("x:", rules.FixedWindow, time.Minute, "d", "k", "v"), Unit: time.Minute, Limit: 3, Hits: 1, Enforce: true}}
+	it := []limiter.Item{{Key: limiter.Key("x:", rules.FixedWindow, time.Minute, "d", "k", "v"), Unit: time.Minute, Limit: 3, Hits: 1, Enforce: limiter.Enforced}}
 	wk := limiter.WindowKey(it[0].Key, limiter.WindowStart(now, time.Minute))
 	res := make([]limiter.Result, 1)
 	b.Check(context.Background(), now, it, res)
@@ -102,7 +104,7 @@ func TestOverLimitDoesNotInflateAndTTLSetOnce(t *testing.T) {
 func TestNoScriptRecovery(t *testing.T) {
 	srv := redistest.Start(t)
 	b := newBackend(t, srv, nil)
-	it := []limiter.Item{{Key: limiter.Key("n:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 10, Hits: 1, Enforce: true}}
+	it := []limiter.Item{{Key: limiter.Key("n:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 10, Hits: 1, Enforce: limiter.Enforced}}
 	res := make([]limiter.Result, 1)
 	for i := 0; i < 3; i++ {
 		get(t, srv, "SCRIPT", "FLUSH")
@@ -128,7 +130,7 @@ func TestBatchingSharesRoundTrips(t *testing.T) {
 			defer wg.Done()
 			res := make([]limiter.Result, 1)
 			for i := 0; i < per; i++ {
-				it := []limiter.Item{{Key: limiter.Key("b:", rules.FixedWindow, time.Hour, "d", "k", fmt.Sprint(c)), Unit: time.Hour, Limit: 1000, Hits: 1, Enforce: true}}
+				it := []limiter.Item{{Key: limiter.Key("b:", rules.FixedWindow, time.Hour, "d", "k", fmt.Sprint(c)), Unit: time.Hour, Limit: 1000, Hits: 1, Enforce: limiter.Enforced}}
 				if err := b.Check(context.Background(), time.Now(), it, res); err != nil {
 					errs.Add(1)
 				}
@@ -151,7 +153,7 @@ func TestBatchingSharesRoundTrips(t *testing.T) {
 func TestRedisKilledAndRestarted(t *testing.T) {
 	srv := redistest.Start(t)
 	b := newBackend(t, srv, nil)
-	it := []limiter.Item{{Key: limiter.Key("k:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 100, Hits: 1, Enforce: true}}
+	it := []limiter.Item{{Key: limiter.Key("k:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 100, Hits: 1, Enforce: limiter.Enforced}}
 	res := make([]limiter.Result, 1)
 	if err := b.Check(context.Background(), time.Now(), it, res); err != nil {
 		t.Fatal(err)
@@ -226,7 +228,7 @@ func TestCheckBatchIsOneRoundTripAndExact(t *testing.T) {
 	now := time.Now()
 	key := func(v string) string { return limiter.Key("cb:", rules.FixedWindow, time.Hour, "d", "k", v) }
 	item := func(v string, limit uint32) limiter.Item {
-		return limiter.Item{Key: key(v), Unit: time.Hour, Limit: limit, Hits: 1, Enforce: true}
+		return limiter.Item{Key: key(v), Unit: time.Hour, Limit: limit, Hits: 1, Enforce: limiter.Enforced}
 	}
 	var reqs []limiter.Request
 	for range 40 {
@@ -268,5 +270,79 @@ func TestCheckBatchIsOneRoundTripAndExact(t *testing.T) {
 	}
 	if rt := m1.GetCounter().GetValue() - m0.GetCounter().GetValue(); rt != 1 {
 		t.Fatalf("%v round trips for one batch, want 1", rt)
+	}
+}
+
+// slotKey returns a counter key for value v+"-"+n with the smallest n whose
+// hash slot is (same) or is not (!same) slot.
+func slotKey(prefix, v string, slot int, same bool) string {
+	for n := 0; ; n++ {
+		k := limiter.Key(prefix, rules.FixedWindow, time.Hour, "d", "k", fmt.Sprintf("%s-%d", v, n))
+		if (Slot(k) == slot) == same {
+			return k
+		}
+	}
+}
+
+// quotaGroupReadBack: a request denied because all its quota group members
+// are over leaves its ordinary counter as it was (read back from Redis); a
+// request with one member that fits charges as usual. In Cluster mode the
+// members sit in different hash slots (split: ord shares q1's slot, so a
+// part that held only over members must not reject alone) or in one slot.
+func quotaGroupReadBack(t *testing.T, b *Redis, getCounter func(key string) string, prefix string, oneSlot bool) {
+	t.Helper()
+	now := time.Now()
+	q1 := limiter.Key(prefix, rules.FixedWindow, time.Hour, "d", "k", "q1")
+	s1 := Slot(q1)
+	q2, ord := slotKey(prefix, "q2", s1, false), slotKey(prefix, "ord", s1, true)
+	if oneSlot {
+		q2, ord = slotKey(prefix, "q2", s1, true), slotKey(prefix, "ord", s1, false)
+	}
+	q3 := slotKey(prefix, "q3", s1, false)
+	quota := func(k string, limit uint32) limiter.Item {
+		return limiter.Item{Key: k, Unit: time.Hour, Limit: limit, Hits: 1, Enforce: limiter.QuotaMember}
+	}
+	ordItem := limiter.Item{Key: ord, Unit: time.Hour, Limit: 10, Hits: 1, Enforce: limiter.Enforced}
+	window := func(k string) string { return limiter.WindowKey(k, limiter.WindowStart(now, time.Hour)) }
+	check := func(items []limiter.Item) []limiter.Result {
+		t.Helper()
+		res := make([]limiter.Result, len(items))
+		if err := b.Check(context.Background(), now, items, res); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := check([]limiter.Item{quota(q1, 1), quota(q2, 1), ordItem}); res[0].Over || res[1].Over || res[2].Over {
+		t.Fatalf("first request: %+v", res)
+	}
+	res := check([]limiter.Item{quota(q1, 1), quota(q2, 1), ordItem})
+	if !res[0].Over || !res[1].Over || res[2].Over || res[2].Charged || res[2].Remaining != 9 {
+		t.Fatalf("both quotas over: %+v, want both over, ord fitting but not charged (9 left)", res)
+	}
+	if v := getCounter(window(ord)); v != "1" {
+		t.Fatalf("ord counter %q after a request denied by its quotas, want 1", v)
+	}
+	res = check([]limiter.Item{quota(q1, 1), quota(q3, 5), ordItem})
+	if !res[0].Over || res[1].Over || !res[2].Charged || res[2].Remaining != 8 {
+		t.Fatalf("one quota over, one fitting: %+v, want kept and ord charged (8 left)", res)
+	}
+	if v, w := getCounter(window(ord)), getCounter(window(q3)); v != "2" || w != "1" {
+		t.Fatalf("ord, q3 counters %q, %q after a kept request, want 2, 1", v, w)
+	}
+	if v := getCounter(window(q1)); v != "1" {
+		t.Fatalf("q1 counter %q: an over member was charged", v)
+	}
+}
+
+func TestQuotaGroupDeniedChargesNothing(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tc := range []struct {
+		name             string
+		cluster, oneSlot bool
+	}{{"single", false, false}, {"cluster-split", true, false}, {"cluster-one-slot", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBackend(t, srv, func(o *Options) { o.Cluster = tc.cluster })
+			quotaGroupReadBack(t, b, func(k string) string { return get(t, srv, "GET", k) }, "qg-"+tc.name+":", tc.oneSlot)
+		})
 	}
 }

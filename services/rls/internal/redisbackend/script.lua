@@ -2,25 +2,30 @@
 -- and in order (the whole batch runs as one script, so it is serializable).
 -- KEYS: every request's keys, in order. ARGV, per request:
 --   now (µs since the epoch), item count, then 6 numbers per item:
---   algorithm (1 fixed, 2 sliding, 3 token bucket), limit, hits, enforce (1|0), p1, p2
+--   algorithm (1 fixed, 2 sliding, 3 token bucket), limit, hits, enforce, p1, p2
+--   enforce: 0 count only (shadow), 1 enforced, 2 quota group member
 --   fixed:   1 key  (window);        p1 = TTL (s)
 --   sliding: 2 keys (prev, current); p1 = unit (µs), p2 = elapsed in window (µs)
 --   bucket:  1 key;                  p1 = emission interval T (µs), p2 = tolerance tau (µs)
 -- Returns one string: per request "rejected:over,A,B,over,A,B", joined by "|".
 -- Hits that do not fit charge nothing; a rejected request charges no item.
--- Items are evaluated in order, each seeing the hits of the items before it
--- (as the anchor's INCRBY pipeline does). Windows are charged optimistically
--- (INCRBY, then DECRBY back if the hits do not fit or the request is
--- rejected); a charged bucket is restored if the request is rejected. The
--- script is atomic, so nobody sees the intermediate values.
+-- A request is rejected when an enforced item does not fit, or when it has
+-- quota group members and none of them fits (limiter.Rejected).
+-- Items are evaluated in order, each seeing the hits charged by the items
+-- before it (as the anchor's INCRBY pipeline does). Windows are charged
+-- optimistically (INCRBY, then DECRBY back at once if the hits do not fit,
+-- so later items never see them, or at the end if the request is
+-- rejected); a charged bucket is restored if the request is rejected. Undo
+-- runs last item first, so a key repeated in the request gets its first
+-- value back. The script is atomic, so nobody sees the intermediate values.
 -- The per-item tables are shared by every request of the batch (each slot
 -- is written before it is read): a batch allocates them once.
 local ki, ai, nargv = 1, 1, #ARGV
-local out, key, fits, added, parts = {}, {}, {}, {}, {}
+local out, key, added, parts = {}, {}, {}, {}
 while ai <= nargv do
   local now, n = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
   ai = ai + 2
-  local rejected = 0
+  local rejected, quota, quotafits = 0, false, false
   for i = 1, n do
     local b0 = ai + (i - 1) * 6
     local alg, L, h = ARGV[b0], tonumber(ARGV[b0 + 1]), tonumber(ARGV[b0 + 2])
@@ -67,24 +72,34 @@ while ai <= nargv do
         a = c
         ok = a + h <= L
       end
+      if not ok and h > 0 then
+        redis.call('DECRBY', key[i], h)
+        added[i] = false
+      end
     end
-    fits[i] = ok
-    if not ok and ARGV[b0 + 3] == '1' then rejected = 1 end
+    local e = ARGV[b0 + 3]
+    if e == '1' then
+      if not ok then rejected = 1 end
+    elseif e == '2' then
+      quota = true
+      if ok then quotafits = true end
+    end
     if alg == '3' then a = string.format('%.0f', a) end
     parts[i] = (ok and '0,' or '1,') .. a .. ',' .. b
   end
-  for i = 1, n do
-    local undo = added[i]
-    if type(undo) == 'table' then
-      if rejected == 1 then
+  if quota and not quotafits then rejected = 1 end
+  if rejected == 1 then
+    for i = n, 1, -1 do
+      local undo = added[i]
+      if type(undo) == 'table' then
         if not undo[1] then
           redis.call('DEL', key[i])
         elseif undo[2] > 0 then
           redis.call('SET', key[i], undo[1], 'PX', undo[2])
         end
+      elseif undo then
+        redis.call('DECRBY', key[i], undo)
       end
-    elseif undo and (rejected == 1 or not fits[i]) then
-      redis.call('DECRBY', key[i], undo)
     end
   end
   ai = ai + n * 6

@@ -84,7 +84,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	t.Cleanup(func() { r.Close(); client.Close() })
 
-	it := []limiter.Item{{Key: limiter.Key("f:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 1000, Hits: 1, Enforce: true}}
+	it := []limiter.Item{{Key: limiter.Key("f:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 1000, Hits: 1, Enforce: limiter.Enforced}}
 	res := make([]limiter.Result, 1)
 	check := func() error { return r.Check(ctx, time.Now(), it, res) }
 	waitUntil(t, 20*time.Second, "a check through the Sentinel", func() bool { return check() == nil })

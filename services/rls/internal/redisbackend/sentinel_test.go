@@ -59,7 +59,7 @@ func TestSentinel(t *testing.T) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-	it := []limiter.Item{{Key: limiter.Key("s:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 2, Hits: 1, Enforce: true}}
+	it := []limiter.Item{{Key: limiter.Key("s:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 2, Hits: 1, Enforce: limiter.Enforced}}
 	res := make([]limiter.Result, 1)
 	now := time.Now()
 	for i, want := range []uint32{1, 0} {

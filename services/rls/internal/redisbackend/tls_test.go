@@ -110,7 +110,7 @@ func TestTLSAndACL(t *testing.T) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-	it := []limiter.Item{{Key: limiter.Key("tls:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 2, Hits: 1, Enforce: true}}
+	it := []limiter.Item{{Key: limiter.Key("tls:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 2, Hits: 1, Enforce: limiter.Enforced}}
 	res := make([]limiter.Result, 1)
 	for i, want := range []uint32{1, 0} {
 		if err := r.Check(context.Background(), time.Now(), it, res); err != nil || res[0].Remaining != want {

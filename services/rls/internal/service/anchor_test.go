@@ -3,7 +3,10 @@ package service
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"regexp"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +52,13 @@ descriptors:
     quota_mode: true
     rate_limit: {unit: minute, requests_per_unit: 3}
     metadata: {backend: {name: two, zone: z2}, first: q2}
+  - key: sq
+    quota_mode: true
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: sh
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 100}
   - key: plain
     rate_limit: {unit: minute, requests_per_unit: 100}
     metadata: {plain: true}
@@ -161,27 +171,51 @@ func TestShareThresholdRedisKeys(t *testing.T) {
 	}
 }
 
+// remaining is the descriptor's limit_remaining, read with a check-only
+// call (hits_addend 0: nothing charged).
+func (f *fixture) remaining(t *testing.T, domain string, kv ...string) uint32 {
+	t.Helper()
+	d := desc(kv...)
+	d.HitsAddend = wrapperspb.UInt64(0)
+	return f.call(t, req(domain, d)).GetStatuses()[0].GetLimitRemaining()
+}
+
 func TestQuotaMode(t *testing.T) {
 	backends(t, func(t *testing.T, b limiter.Backend) {
-		f := anchorFixture(t, b, nil)
-		two := req("a", desc("q1", "x"), desc("q2", "x"))
-		want := []string{
-			"OK: OK OK",
-			"OK: OVER_LIMIT OK", // q1 is out of quota, q2 still has some: allowed
-			"OK: OVER_LIMIT OK",
-			"OVER_LIMIT: OVER_LIMIT OVER_LIMIT", // every quota descriptor is over: denied
-		}
-		for i, w := range want {
-			resp := f.call(t, two)
-			if got := codesOf(resp); got != w {
-				t.Fatalf("call %d: %s, want %s (%v)", i, got, w, resp)
+		// With the local cache the last call is decided without the
+		// backend (both quotas are known over); without it, by the backend.
+		for _, cache := range []bool{true, false} {
+			v := fmt.Sprint("x", cache)
+			f := anchorFixture(t, b, func(o *Options) {
+				if !cache {
+					o.LocalCache = nil
+				}
+			})
+			two := req("a", desc("q1", v), desc("q2", v), desc("plain", v), desc("sh", v))
+			want := []string{
+				"OK: OK OK OK OK",
+				"OK: OVER_LIMIT OK OK OK", // q1 is out of quota, q2 still has some: allowed
+				"OK: OVER_LIMIT OK OK OK",
+				"OVER_LIMIT: OVER_LIMIT OVER_LIMIT OK OK", // every quota descriptor is over: denied
 			}
-			if i == 1 {
-				if h := headerMap(resp); h["Retry-After"] != "" {
-					t.Fatalf("allowed request carries Retry-After: %v", h)
+			for i, w := range want {
+				resp := f.call(t, two)
+				if got := codesOf(resp); got != w {
+					t.Fatalf("cache %v call %d: %s, want %s (%v)", cache, i, got, w, resp)
+				}
+				if i == 1 {
+					if h := headerMap(resp); h["Retry-After"] != "" {
+						t.Fatalf("allowed request carries Retry-After: %v", h)
+					}
 				}
 			}
+			// The denied request charged none of its descriptors: the
+			// ordinary and the shadow one hold the 3 allowed requests.
+			if p, s := f.remaining(t, "a", "plain", v), f.remaining(t, "a", "sh", v); p != 97 || s != 97 {
+				t.Fatalf("cache %v: plain, sh remaining %d, %d after 3 allowed and 1 denied request, want 97, 97", cache, p, s)
+			}
 		}
+		f := anchorFixture(t, b, nil)
 		// An enforced descriptor over its limit still denies, whatever the quotas.
 		f.call(t, req("a", desc("narrow", "n")))
 		if got := codesOf(f.call(t, req("a", desc("q1", "y"), desc("narrow", "n")))); got != "OVER_LIMIT: OK OVER_LIMIT" {
@@ -216,20 +250,173 @@ func TestSingleQuotaDeniedChargesNothing(t *testing.T) {
 }
 
 func TestGlobalQuotaMode(t *testing.T) {
-	f := anchorFixture(t, limiter.NewMemory(), func(o *Options) { o.QuotaMode = true })
-	f.call(t, req("a", desc("narrow", "g")))
-	// narrow is now a quota descriptor: over, but the unmatched descriptor
-	// (a quota descriptor too under the global switch) passes.
-	if got := codesOf(f.call(t, req("a", desc("narrow", "g"), desc("nomatch", "x")))); got != "OK: OVER_LIMIT OK" {
-		t.Fatalf("global quota, one passing: %s", got)
-	}
-	if got := codesOf(f.call(t, req("a", desc("narrow", "g")))); got != "OVER_LIMIT: OVER_LIMIT" {
-		t.Fatalf("global quota, all over: %s", got)
-	}
-	// Unlimited descriptors are not quota descriptors.
-	if got := codesOf(f.call(t, req("a", desc("narrow", "g"), desc("free", "x")))); got != "OVER_LIMIT: OVER_LIMIT OK" {
-		t.Fatalf("global quota with unlimited: %s", got)
-	}
+	backends(t, func(t *testing.T, b limiter.Backend) {
+		// With the local cache narrow is known over without the backend
+		// after the first call; without it, the backend decides.
+		for _, cache := range []bool{true, false} {
+			g := fmt.Sprint("g", cache)
+			f := anchorFixture(t, b, func(o *Options) {
+				o.QuotaMode = true
+				if !cache {
+					o.LocalCache = nil
+				}
+			})
+			f.call(t, req("a", desc("narrow", g)))
+			// narrow is now a quota descriptor: over, but the unmatched
+			// descriptor (a quota descriptor too under the global switch)
+			// passes, so the quotas never deny: the request is kept.
+			for i := 0; i < 2; i++ {
+				if got := codesOf(f.call(t, req("a", desc("narrow", g), desc("nomatch", "x")))); got != "OK: OVER_LIMIT OK" {
+					t.Fatalf("cache %v: global quota, one passing: %s", cache, got)
+				}
+				if got := codesOf(f.call(t, req("a", desc("narrow", g), desc("nomatch", "x"), desc("q1", g)))); got != "OK: OVER_LIMIT OK OK" && i == 0 {
+					t.Fatalf("cache %v: global quota, one passing, one fitting: %s", cache, got)
+				}
+			}
+			if got := codesOf(f.call(t, req("a", desc("narrow", g)))); got != "OVER_LIMIT: OVER_LIMIT" {
+				t.Fatalf("cache %v: global quota, all over: %s", cache, got)
+			}
+			if got := codesOf(f.call(t, req("a", desc("narrow", g), desc("q1", g)))); got != "OVER_LIMIT: OVER_LIMIT OVER_LIMIT" {
+				t.Fatalf("cache %v: global quota, two all over: %s", cache, got)
+			}
+			// Unlimited descriptors are not quota descriptors.
+			if got := codesOf(f.call(t, req("a", desc("narrow", g), desc("free", "x")))); got != "OVER_LIMIT: OVER_LIMIT OK" {
+				t.Fatalf("cache %v: global quota with unlimited: %s", cache, got)
+			}
+		}
+	})
+}
+
+// TestQuotaShadowMixes: a shadow quota descriptor never counts as over, so
+// its quota group cannot deny (like an unmatched descriptor under the
+// global switch): the request is kept and charged as usual. A shadow
+// ordinary descriptor does not keep a request whose quotas are all over
+// (TestQuotaMode checks it is not charged then).
+func TestQuotaShadowMixes(t *testing.T) {
+	backends(t, func(t *testing.T, b limiter.Backend) {
+		for _, cache := range []bool{true, false} {
+			m := fmt.Sprint("m", cache)
+			f := anchorFixture(t, b, func(o *Options) {
+				if !cache {
+					o.LocalCache = nil
+				}
+			})
+			f.call(t, req("a", desc("q1", m), desc("sq", m)))
+			for i := 0; i < 2; i++ {
+				if got := codesOf(f.call(t, req("a", desc("q1", m), desc("sq", m), desc("plain", m)))); got != "OK: OVER_LIMIT OK OK" {
+					t.Fatalf("cache %v: quota over + shadow quota over: %s", cache, got)
+				}
+			}
+			if p := f.remaining(t, "a", "plain", m); p != 98 {
+				t.Fatalf("cache %v: plain remaining %d after 2 kept requests, want 98", cache, p)
+			}
+			if got := codesOf(f.call(t, req("a", desc("q1", m), desc("sh", m)))); got != "OVER_LIMIT: OVER_LIMIT OK" {
+				t.Fatalf("cache %v: only quota over + shadow: %s", cache, got)
+			}
+			if s := f.remaining(t, "a", "sh", m); s != 100 {
+				t.Fatalf("cache %v: sh remaining %d after a denied request, want 100", cache, s)
+			}
+		}
+	})
+}
+
+// recordingBackend keeps the items and results of the last Check.
+type recordingBackend struct {
+	limiter.Backend
+	mu      sync.Mutex
+	items   []limiter.Item
+	results []limiter.Result
+}
+
+func (r *recordingBackend) Check(ctx context.Context, now time.Time, items []limiter.Item, res []limiter.Result) error {
+	err := r.Backend.Check(ctx, now, items, res)
+	r.mu.Lock()
+	r.items, r.results = append(r.items[:0], items...), append(r.results[:0], res...)
+	r.mu.Unlock()
+	return err
+}
+
+// take returns the last Check's items and results and forgets them.
+func (r *recordingBackend) take() ([]limiter.Item, []limiter.Result) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	items, results := r.items, r.results
+	r.items, r.results = nil, nil
+	return items, results
+}
+
+// TestOverallCodeMatchesBackendDecision asserts, over random mixes of
+// ordinary, quota, shadow, shadow quota, unlimited and unmatched
+// descriptors (some with hits_addend 0–2), with and without the global
+// quota mode and the local cache, that the service's overall_code and the
+// backend's decision agree: OVER_LIMIT → the backend charged nothing
+// (rejected the request, or was not asked); OK → the backend charged every
+// item that fit.
+func TestOverallCodeMatchesBackendDecision(t *testing.T) {
+	backends(t, func(t *testing.T, b limiter.Backend) {
+		keys := []string{"q1", "q2", "sq", "sh", "plain", "narrow", "free", "nomatch"}
+		for _, quotaMode := range []bool{false, true} {
+			for _, cache := range []bool{false, true} {
+				tag := fmt.Sprint(quotaMode, cache)
+				rb := &recordingBackend{Backend: b}
+				f := anchorFixture(t, rb, func(o *Options) {
+					o.QuotaMode = quotaMode
+					if !cache {
+						o.LocalCache = nil
+					}
+				})
+				rng := rand.New(rand.NewPCG(7, 11))
+				var denied, quotaDenied, kept int
+				for n := 0; n < 300; n++ {
+					var ds []*rlcommon.RateLimitDescriptor
+					if rng.IntN(2) == 0 { // often a quota pair, so groups are all over
+						ds = append(ds, desc("q1", fmt.Sprint(tag, rng.IntN(3))), desc("q2", fmt.Sprint(tag, rng.IntN(3))))
+					}
+					for k := 1 + rng.IntN(3); k > 0; k-- {
+						d := desc(keys[rng.IntN(len(keys))], fmt.Sprint(tag, rng.IntN(3)))
+						if rng.IntN(4) == 0 {
+							d.HitsAddend = wrapperspb.UInt64(uint64(rng.IntN(3)))
+						}
+						ds = append(ds, d)
+					}
+					resp := f.call(t, req("a", ds...))
+					over := resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT
+					items, results := rb.take()
+					for i := range items {
+						fits := !results[i].Over && items[i].Hits > 0
+						if over && results[i].Charged || !over && fits && !results[i].Charged {
+							t.Fatalf("quota mode %v, cache %v, request %d %v: %s but item %d (%+v) → %+v",
+								quotaMode, cache, n, ds, codesOf(resp), i, items[i], results[i])
+						}
+					}
+					if !over {
+						kept++
+						continue
+					}
+					denied++
+					// Denied by its quotas alone, with an ordinary or shadow
+					// descriptor that passed: the case the quota rule of the
+					// backend (or of the local cache) exists for.
+					byQuota, passing := true, false
+					for i, st := range resp.GetStatuses() {
+						switch k := ds[i].GetEntries()[0].GetKey(); {
+						case st.GetCode() == rlsv3.RateLimitResponse_OVER_LIMIT && k != "q1" && k != "q2":
+							byQuota = false
+						case st.GetCode() == rlsv3.RateLimitResponse_OK && (k == "plain" || k == "sh"):
+							passing = true
+						}
+					}
+					if byQuota && passing {
+						quotaDenied++
+					}
+				}
+				t.Logf("quota mode %v, cache %v: %d kept, %d denied (%d by quotas beside a passing descriptor)", quotaMode, cache, kept, denied, quotaDenied)
+				if kept == 0 || denied == 0 || !quotaMode && quotaDenied == 0 {
+					t.Fatalf("the mix did not exercise both outcomes")
+				}
+			}
+		}
+	})
 }
 
 func TestDynamicMetadata(t *testing.T) {

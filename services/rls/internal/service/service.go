@@ -241,8 +241,13 @@ func (s *Service) prepare(p *pending, req *rlsv3.RateLimitRequest) bool {
 	items := p.itemBuf[:0]
 	rejectedByCache := false
 	// Quota descriptors as answer counts them: matched quota_mode limits,
-	// and under the global switch every descriptor but unlimited ones.
-	quotaDescs := 0
+	// and under the global switch every descriptor but unlimited ones. The
+	// group can deny the request (all of them over) only when each of them
+	// can be over: not when one is unmatched (under the global switch: it
+	// passes) or shadow (never counted over). Then its members go to the
+	// backend as QuotaMember, so that a request denied by its quotas is
+	// rejected there too and charges nothing; otherwise as CountOnly.
+	quotaDescs, quotaCanDeny := 0, true
 	for i := range slots {
 		sl := &slots[i]
 		if l := sl.limit; l != nil && l.Name != "" && replaced[l.Name] {
@@ -253,12 +258,17 @@ func (s *Service) prepare(p *pending, req *rlsv3.RateLimitRequest) bool {
 		case l == nil:
 			if s.o.QuotaMode {
 				quotaDescs++
+				quotaCanDeny = false
 			}
 		case !l.Unlimited && (s.o.QuotaMode || l.QuotaMode):
 			sl.quota = true
 			quotaDescs++
+			if l.ShadowMode {
+				quotaCanDeny = false
+			}
 		}
 	}
+	quotaSent := 0
 	for i := range slots {
 		sl := &slots[i]
 		l := sl.limit
@@ -269,15 +279,19 @@ func (s *Service) prepare(p *pending, req *rlsv3.RateLimitRequest) bool {
 		if l.Unlimited {
 			continue
 		}
+		enforce := limiter.Enforced
+		switch {
+		case l.ShadowMode:
+			enforce = limiter.CountOnly
+		case sl.quota && quotaCanDeny:
+			enforce = limiter.QuotaMember
+		case sl.quota:
+			enforce = limiter.CountOnly
+		}
 		it := limiter.Item{
 			Key:       limiter.Key(s.o.KeyPrefix, l.Algorithm, rules.UnitDuration(l.Unit), domain, l.KeyValues(descs[i].GetEntries())...),
 			Algorithm: l.Algorithm, Unit: rules.UnitDuration(l.Unit), Limit: l.RequestsPerUnit,
-			// Quota items do not reject the batch on their own when there are
-			// several (the request is denied only when all are over: answer
-			// decides). A request's only quota descriptor denies exactly
-			// when it is over, so it is enforced like an ordinary one: the
-			// backend then charges nothing of a denied request.
-			Burst: l.Burst, Hits: sl.hits, Enforce: !l.ShadowMode && (!sl.quota || quotaDescs == 1),
+			Burst: l.Burst, Hits: sl.hits, Enforce: enforce,
 		}
 		// Decided locally, without the backend: a zero limit ("ban"), or a
 		// key the local cache knows is over limit.
@@ -290,13 +304,21 @@ func (s *Service) prepare(p *pending, req *rlsv3.RateLimitRequest) bool {
 			}
 		}
 		if sl.cached {
-			if it.Enforce {
+			if it.Enforce == limiter.Enforced {
 				rejectedByCache = true
 			}
 			continue
 		}
+		if it.Enforce == limiter.QuotaMember {
+			quotaSent++
+		}
 		sl.item = len(items)
 		items = append(items, it)
+	}
+	// Every quota descriptor is decided over without the backend: the
+	// request is denied (answer agrees), so nothing may be charged.
+	if quotaCanDeny && quotaDescs > 0 && quotaSent == 0 {
+		rejectedByCache = true
 	}
 	p.slots, p.items, p.rejectedByCache = slots, items, rejectedByCache
 	if len(items) == 0 || rejectedByCache {

@@ -29,7 +29,7 @@ type step struct {
 }
 
 func item(key string, alg rules.Algorithm, unit time.Duration, limit, hits uint32) limiter.Item {
-	return limiter.Item{Key: key, Algorithm: alg, Unit: unit, Limit: limit, Hits: hits, Enforce: true}
+	return limiter.Item{Key: key, Algorithm: alg, Unit: unit, Limit: limit, Hits: hits, Enforce: limiter.Enforced}
 }
 
 func run(t *testing.T, b limiter.Backend, steps []step) {
@@ -123,13 +123,94 @@ func Run(t *testing.T, newBackend func(t *testing.T) limiter.Backend) {
 	t.Run("ShadowNeverRejects", func(t *testing.T) {
 		b := newBackend(t)
 		s := item(key("shadow"), rules.FixedWindow, time.Hour, 1, 1)
-		s.Enforce = false
+		s.Enforce = limiter.CountOnly
 		e := item(key("enforced"), rules.FixedWindow, time.Hour, 5, 1)
 		run(t, b, []step{
 			{at: time.Second, items: []limiter.Item{s, e}, over: []bool{false, false}, remaining: []uint32{0, 4}},
 			{at: time.Second, items: []limiter.Item{s, e}, over: []bool{true, false}, remaining: []uint32{0, 3}},
 			{at: time.Second, items: []limiter.Item{s, e}, over: []bool{true, false}, remaining: []uint32{0, 2}},
 		})
+	})
+	t.Run("QuotaGroup", func(t *testing.T) {
+		// The request is rejected when all its quota group members are over
+		// (or an enforced item is), and then charges nothing; one member
+		// that fits keeps it, and charges as usual.
+		b := newBackend(t)
+		quota := func(name string, limit uint32) limiter.Item {
+			it := item(key(name), rules.FixedWindow, time.Hour, limit, 1)
+			it.Enforce = limiter.QuotaMember
+			return it
+		}
+		q1, q2, q3 := quota("q1", 1), quota("q2", 1), quota("q3", 5)
+		ord := item(key("ord"), rules.FixedWindow, time.Hour, 5, 1)
+		sh := item(key("shadow"), rules.FixedWindow, time.Hour, 5, 1)
+		sh.Enforce = limiter.CountOnly
+		check := func(it limiter.Item) limiter.Item { it.Hits = 0; return it }
+		run(t, b, []step{
+			{at: time.Second, items: []limiter.Item{q1, q2, ord, sh}, over: []bool{false, false, false, false}, remaining: []uint32{0, 0, 4, 4}},
+			// Both quotas over: rejected, ord and the shadow item not charged.
+			{at: time.Second, items: []limiter.Item{q1, q2, ord, sh}, over: []bool{true, true, false, false}, remaining: []uint32{0, 0, 4, 4}},
+			{at: time.Second, items: []limiter.Item{check(ord), check(sh)}, over: []bool{false, false}, remaining: []uint32{4, 4}},
+			// One quota over, one fits: kept; everything that fits is charged.
+			{at: time.Second, items: []limiter.Item{q1, q3, ord}, over: []bool{true, false, false}, remaining: []uint32{0, 4, 3}},
+			{at: time.Second, items: []limiter.Item{check(q3), check(ord)}, over: []bool{false, false}, remaining: []uint32{4, 3}},
+			// An enforced item over rejects whatever the quotas.
+			{at: time.Second, items: []limiter.Item{q3, quota("full", 0), item(key("zero"), rules.FixedWindow, time.Hour, 0, 1)}, over: []bool{false, true, true}, remaining: []uint32{4, 0, 0}},
+			// A count-only item over never rejects, nor counts as a member.
+			{at: time.Second, items: []limiter.Item{check(q3), ord, sh}, over: []bool{false, false, false}, remaining: []uint32{4, 2, 3}},
+		})
+	})
+	t.Run("QuotaGroupAlone", func(t *testing.T) {
+		// A request of quota members only: all over → rejected (nothing to
+		// charge); a repeated member sees its own earlier hit, and the
+		// rejected request takes it back.
+		b := newBackend(t)
+		q := item(key("qa"), rules.FixedWindow, time.Hour, 1, 1)
+		q.Enforce = limiter.QuotaMember
+		other := item(key("qb"), rules.FixedWindow, time.Hour, 1, 1)
+		other.Enforce = limiter.QuotaMember
+		run(t, b, []step{
+			{at: time.Second, items: []limiter.Item{other}, over: []bool{false}, remaining: []uint32{0}},
+			// q fits, then its copy is over and other is over: one member
+			// fit, so the request is kept and q's first copy charged.
+			{at: time.Second, items: []limiter.Item{q, q, other}, over: []bool{false, true, true}, remaining: []uint32{0, 0, 0}},
+			{at: time.Second, items: []limiter.Item{q, other}, over: []bool{true, true}, remaining: []uint32{0, 0}},
+		})
+	})
+	t.Run("OverItemIsInvisibleToLaterItems", func(t *testing.T) {
+		// An item that does not fit charges nothing, also for the items
+		// after it in the same request: a check-only copy of a full key
+		// still fits exactly.
+		b := newBackend(t)
+		for _, alg := range []rules.Algorithm{rules.FixedWindow, rules.SlidingWindow, rules.TokenBucket} {
+			full := item(key("full"), alg, time.Hour, 1, 1)
+			sh := full
+			sh.Enforce = limiter.CountOnly
+			check := full
+			check.Hits = 0
+			run(t, b, []step{
+				{at: time.Second, items: []limiter.Item{full}, over: []bool{false}, remaining: []uint32{0}},
+				{at: time.Second, items: []limiter.Item{sh, check}, over: []bool{true, false}, remaining: []uint32{0, 0}},
+			})
+		}
+	})
+	t.Run("RejectedRepeatedKeyRestored", func(t *testing.T) {
+		// Both copies of a key charge, then another item rejects the
+		// request: the key gets back its value from before the first copy.
+		b := newBackend(t)
+		for _, alg := range []rules.Algorithm{rules.FixedWindow, rules.SlidingWindow, rules.TokenBucket} {
+			it := item(key("rep"), alg, time.Hour, 5, 1)
+			zero := item(key("zero"), rules.FixedWindow, time.Hour, 0, 1)
+			run(t, b, []step{{at: time.Second, items: []limiter.Item{it}, over: []bool{false}, remaining: []uint32{4}}})
+			res := make([]limiter.Result, 3)
+			if err := b.Check(context.Background(), Base().Add(time.Second), []limiter.Item{it, it, zero}, res); err != nil {
+				t.Fatal(err)
+			}
+			if res[0].Over || res[1].Over || !res[2].Over || res[0].Charged || res[1].Charged {
+				t.Fatalf("%v: rejected request with a repeated key: %+v", alg, res)
+			}
+			run(t, b, []step{{at: time.Second, items: []limiter.Item{it}, over: []bool{false}, remaining: []uint32{3}}})
+		}
 	})
 	t.Run("ZeroLimitAlwaysOver", func(t *testing.T) {
 		b := newBackend(t)
