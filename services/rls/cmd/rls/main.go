@@ -192,7 +192,12 @@ func run(ctx context.Context, env *app.Env) error {
 	}
 	// Optional reused stream workers (they keep their grown stacks); off by
 	// default because the extra hand-off measured no better here.
-	gs := grpcserver.New(grpc.NumStreamWorkers(uint32(num("grpc-workers"))))
+	gs := grpcserver.New(grpc.NumStreamWorkers(uint32(num("grpc-workers"))),
+		// Static flow-control windows turn off grpc-go's BDP estimation.
+		// Its pings exist to grow windows for bulk transfers; RLS messages
+		// are a few hundred bytes, and at moderate rates nearly every other
+		// call paid a PING write and an ACK read on each side.
+		grpc.StaticStreamWindowSize(staticStreamWindow), grpc.StaticConnWindowSize(staticConnWindow))
 	rlsv3.RegisterRateLimitServiceServer(gs, svc)
 	// sidemesh's batch stream (proto/ratelimitbatch): the same answers,
 	// many calls per message; Envoy keeps using the unary RPC.
@@ -244,3 +249,12 @@ func mergeDomainConfig(env *app.Env) (bool, error) {
 	env.Log.Info("rule files of one domain: taken from the anchor's environment variable", "env", anchorMergeEnv, "merge_domain_config", b)
 	return b, nil
 }
+
+// Flow-control windows of the gRPC server: the stream window bounds one
+// request (far above --max-descriptors of long values), the connection
+// window lets many concurrent calls arrive without waiting for a
+// WINDOW_UPDATE.
+const (
+	staticStreamWindow = 1 << 20
+	staticConnWindow   = 16 << 20
+)
