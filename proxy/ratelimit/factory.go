@@ -252,6 +252,13 @@ func (c *rlsConn) watch(conn *grpc.ClientConn) {
 	}
 }
 
+// Flow-control windows of RLS connections: far above any one answer or
+// batch message, and room for many concurrent answers per connection.
+const (
+	rlsStreamWindow = 1 << 20
+	rlsConnWindow   = 16 << 20
+)
+
 // dialRLS opens one client connection over addrs (round robin, one
 // HTTP/2 connection per address); the resolver takes later changes.
 func dialRLS(name string, addrs []string, opts ...grpc.DialOption) (*manual.Resolver, *grpc.ClientConn, error) {
@@ -261,6 +268,10 @@ func dialRLS(name string, addrs []string, opts ...grpc.DialOption) (*manual.Reso
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithResolvers(r),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
+		// Static windows turn off grpc-go's BDP estimation, whose PINGs
+		// (one per answer at modest rates) cost the RLS a write and a read
+		// each; rate-limit messages never need a window grown for bulk data.
+		grpc.WithStaticStreamWindowSize(rlsStreamWindow), grpc.WithStaticConnWindowSize(rlsConnWindow),
 	}, opts...)
 	conn, err := grpc.NewClient(r.Scheme()+":///"+name, all...)
 	if err != nil {
