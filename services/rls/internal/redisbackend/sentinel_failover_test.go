@@ -66,6 +66,11 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	sentinelLog := func() string { b, _ := os.ReadFile(filepath.Join(dir, "sentinel.log")); return string(b) }
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("sentinel log:\n%s", sentinelLog())
+		}
+	})
 	sc := redis.NewSentinelClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port)})
 	defer sc.Close()
 	waitUntil(t, 30*time.Second, "the Sentinel to know the replica", func() bool {
@@ -86,7 +91,10 @@ func TestSentinelFailover(t *testing.T) {
 
 	it := []limiter.Item{{Key: limiter.Key("f:", rules.FixedWindow, time.Hour, "d", "k", "v"), Unit: time.Hour, Limit: 1000, Hits: 1, Enforce: limiter.Enforced}}
 	res := make([]limiter.Result, 1)
-	check := func() error { return r.Check(ctx, time.Now(), it, res) }
+	// One fixed "now" for every check: the counter stays in one window even
+	// when the test crosses an hour boundary (it did once in CI at 20:00).
+	now := time.Now()
+	check := func() error { return r.Check(ctx, now, it, res) }
 	waitUntil(t, 20*time.Second, "a check through the Sentinel", func() bool { return check() == nil })
 	for i := 0; i < 5; i++ {
 		if err := check(); err != nil {
@@ -96,7 +104,7 @@ func TestSentinelFailover(t *testing.T) {
 	before := 1000 - res[0].Remaining // hits counted so far (≥ 6)
 	// The replica has the counter before the master dies (replication is
 	// asynchronous: wait for it rather than assume it).
-	wkey := limiter.WindowKey(it[0].Key, limiter.WindowStart(time.Now(), time.Hour))
+	wkey := limiter.WindowKey(it[0].Key, limiter.WindowStart(now, time.Hour))
 	waitUntil(t, 10*time.Second, "the counter to reach the replica", func() bool {
 		v, err := rc.Get(ctx, wkey).Int()
 		return err == nil && uint32(v) == before
@@ -108,6 +116,9 @@ func TestSentinelFailover(t *testing.T) {
 	waitUntil(t, 60*time.Second, "checks to succeed again after the master was killed", func() bool {
 		if err := check(); err != nil {
 			failures++
+			if failures%20 == 1 {
+				t.Logf("check after the kill: %v", err)
+			}
 			return false
 		}
 		return true
