@@ -134,14 +134,7 @@ func TestH2Redial(t *testing.T) {
 // process's CPU per call, server included; the server's share is the same
 // for both, so the difference is the client's).
 func BenchmarkClients(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := NewNoopServer()
-	go s.Serve(ln)
-	defer s.Stop()
-	addr := ln.Addr().String()
+	addr := serve(b, Noop{})
 	opt := Options{Domain: "bench", Key: "user", Descriptors: 1, RunID: "b", Timeout: 5 * time.Second, Keys: KeyDist{kind: "unique"}}
 	ctx := context.Background()
 	for _, client := range clients {

@@ -55,16 +55,16 @@ func (f *fakeRLS) ShouldRateLimit(_ context.Context, req *rlspb.RateLimitRequest
 	return &rlspb.RateLimitResponse{OverallCode: code}, nil
 }
 
-func serve(t *testing.T, svc rlspb.RateLimitServiceServer) string {
-	t.Helper()
+func serve(tb testing.TB, svc rlspb.RateLimitServiceServer) string {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	s := grpc.NewServer()
 	rlspb.RegisterRateLimitServiceServer(s, svc)
 	go s.Serve(ln)
-	t.Cleanup(s.Stop)
+	tb.Cleanup(s.Stop)
 	return ln.Addr().String()
 }
 
@@ -77,16 +77,10 @@ func exec(t *testing.T, args ...string) (int, *report.Result, string) {
 var clients = []string{ClientH2, ClientGRPC}
 
 func TestNoopShortRun(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := NewNoopServer()
-	go s.Serve(ln)
-	defer s.Stop()
+	addr := serve(t, Noop{})
 	for _, client := range clients {
 		t.Run(client, func(t *testing.T) {
-			code, r, stderr := exec(t, "--target", ln.Addr().String(), "--client", client, "--concurrency", "8", "--conns", "2", "--requests", "2000", "--duration", "30s", "--keys", "zipf:50", "--descriptors", "2")
+			code, r, stderr := exec(t, "--target", addr, "--client", client, "--concurrency", "8", "--conns", "2", "--requests", "2000", "--duration", "30s", "--keys", "zipf:50", "--descriptors", "2")
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, stderr)
 			}
@@ -103,18 +97,12 @@ func TestNoopShortRun(t *testing.T) {
 // TestDefaultClient: unary runs use h2 unless told otherwise; --batch runs
 // use grpc-go and say so.
 func TestDefaultClient(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := NewNoopServer()
-	go s.Serve(ln)
-	defer s.Stop()
+	addr := serve(t, Noop{})
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{{nil, ClientH2}, {[]string{"--batch"}, ClientGRPC}} {
-		code, r, stderr := exec(t, append([]string{"--target", ln.Addr().String(), "--concurrency", "2", "--requests", "50", "--duration", "30s"}, tc.args...)...)
+		code, r, stderr := exec(t, append([]string{"--target", addr, "--concurrency", "2", "--requests", "50", "--duration", "30s"}, tc.args...)...)
 		if code != 0 || r.Params["client"] != tc.want || r.Outcomes["OK"] != 50 {
 			t.Fatalf("%v: exit %d (%s), client %q, outcomes %v", tc.args, code, stderr, r.Params["client"], r.Outcomes)
 		}
