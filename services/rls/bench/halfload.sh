@@ -9,7 +9,8 @@
 # One session: redis-server, bin/rls (examples/bench rules) and `bin/loadtest noop-rls` start
 # side by side; a closed-loop run (64 callers, 4 connections, unique keys) measures each
 # server's maximum; then open loop at half of rls's maximum (128 workers, CO-corrected,
-# latency from each request's intended start) against noop and rls, REPS times, interleaved.
+# latency from each request's intended start) against noop and rls, REPS times, interleaved,
+# and the no-op server at half of its own maximum.
 # Each line ends with what the box did meanwhile (busy cores, steal), so runs disturbed by
 # other tenants can be told apart.
 #
@@ -19,7 +20,8 @@
 #
 # Environment: CLIENT (h2), BIN (default bin), PIN (1: taskset loadtest to CPU 0, rls + redis + noop to
 # CPU 1; Go then runs each with GOMAXPROCS=1), RLS_ENV / LT_ENV (e.g. GOMAXPROCS=1),
-# REPS (2), RATE (fixed open-loop rate instead of half the maximum), ports PORT_REDIS (16590),
+# REPS (2), RATE (fixed open-loop rate instead of half the maximum), NOOP_HALF (1: each round
+# also runs the no-op server at half of its own maximum, the floor applied to the reference), ports PORT_REDIS (16590),
 # PORT_RLS (18591), PORT_ADMIN (19591), PORT_NOOP (18592).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -64,12 +66,18 @@ lt() {
 		'BEGIN { printf "| redis %.2f CPU s | box busy %.2f cores, steal %d ticks\n", r / t, 2 * x / (x + y), s }'
 }
 echo "# $(date -u '+%F %H:%M') UTC, load $(cut -d' ' -f1-3 /proc/loadavg), CLIENT=$CLIENT PIN=${PIN:-0} RLS_ENV=${RLS_ENV:-} LT_ENV=${LT_ENV:-}"
-echo "closed noop: $(lt "$PORT_NOOP" "$NOOP" --concurrency 64 --duration 6s)"
+cnoop=$(lt "$PORT_NOOP" "$NOOP" --concurrency 64 --duration 6s)
+echo "closed noop: $cnoop"
 closed=$(lt "$PORT_RLS" "$RLS" --concurrency 64 --duration 6s)
 echo "closed rls:  $closed"
 max=$(echo "$closed" | sed -E 's/.*throughput ([0-9]+) req.*/\1/')
+nmax=$(echo "$cnoop" | sed -E 's/.*throughput ([0-9]+) req.*/\1/')
 rate=${RATE:-$((max / 2))}
 for _ in $(seq "${REPS:-2}"); do
 	echo "open $rate noop: $(lt "$PORT_NOOP" "$NOOP" --concurrency 128 --duration 10s --rate "$rate")"
 	echo "open $rate rls:  $(lt "$PORT_RLS" "$RLS" --concurrency 128 --duration 10s --rate "$rate")"
+	# The floor applied to the reference itself: the no-op server at half of its own maximum.
+	if [ "${NOOP_HALF:-1}" = 1 ] && [ -z "${RATE:-}" ]; then
+		echo "open $((nmax / 2)) noop at half its own max: $(lt "$PORT_NOOP" "$NOOP" --concurrency 128 --duration 10s --rate "$((nmax / 2))")"
+	fi
 done
