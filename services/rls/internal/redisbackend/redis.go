@@ -225,8 +225,10 @@ func (r *Redis) submit(now time.Time, items []limiter.Item) (*job, error) {
 }
 
 // build turns one request's items into a job, unless the breaker is open.
+// The breaker runs on the wall clock: now is the request's rate-limit
+// clock, which a caller may fix or shift.
 func (r *Redis) build(now time.Time, items []limiter.Item) (*job, error) {
-	if !r.br.allow(now) {
+	if !r.br.allow(time.Now()) {
 		r.errs.WithLabelValues("breaker_open").Inc()
 		return nil, fmt.Errorf("%w: circuit breaker open", limiter.ErrUnavailable)
 	}
