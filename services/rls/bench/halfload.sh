@@ -21,8 +21,9 @@
 # Environment: CLIENT (h2), BIN (default bin), PIN (1: taskset loadtest to CPU 0, rls + redis + noop to
 # CPU 1; Go then runs each with GOMAXPROCS=1), RLS_ENV / LT_ENV (e.g. GOMAXPROCS=1),
 # REPS (2), RATE (fixed open-loop rate instead of half the maximum), NOOP_HALF (1: each round
-# also runs the no-op server at half of its own maximum, the floor applied to the reference), ports PORT_REDIS (16590),
-# PORT_RLS (18591), PORT_ADMIN (19591), PORT_NOOP (18592).
+# also runs the no-op server at half of its own maximum, the floor applied to the reference;
+# skipped with RATE), ports PORT_REDIS (16590), PORT_RLS (18591), PORT_ADMIN (19591),
+# PORT_NOOP (18592).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 BIN=${BIN:-bin}
