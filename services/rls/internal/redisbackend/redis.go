@@ -126,7 +126,7 @@ func New(o Options) (*Redis, error) {
 	r.breakerG = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rls_redis_breaker_open", Help: "1 while the Redis circuit breaker refuses calls.",
 	}, func() float64 {
-		if r.br.open(time.Now()) {
+		if r.br.open() {
 			return 1
 		}
 		return 0
@@ -225,10 +225,8 @@ func (r *Redis) submit(now time.Time, items []limiter.Item) (*job, error) {
 }
 
 // build turns one request's items into a job, unless the breaker is open.
-// The breaker runs on the wall clock: now is the request's rate-limit
-// clock, which a caller may fix or shift.
 func (r *Redis) build(now time.Time, items []limiter.Item) (*job, error) {
-	if !r.br.allow(time.Now()) {
+	if !r.br.allow() {
 		r.errs.WithLabelValues("breaker_open").Inc()
 		return nil, fmt.Errorf("%w: circuit breaker open", limiter.ErrUnavailable)
 	}
@@ -245,7 +243,7 @@ func (r *Redis) enqueue(j *job) error {
 		return nil
 	default:
 		// Counts as a failure (it also ends a half-open probe that never ran).
-		r.br.failure(time.Now())
+		r.br.failure()
 		r.errs.WithLabelValues("queue_full").Inc()
 		return fmt.Errorf("%w: redis queue full", limiter.ErrUnavailable)
 	}
@@ -629,7 +627,7 @@ func (r *Redis) run(ctx context.Context, groups []group, eval bool) error {
 }
 
 func (r *Redis) fail(err error) {
-	r.br.failure(time.Now())
+	r.br.failure()
 	kind := "connection"
 	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout") {
 		kind = "timeout"
